@@ -1,0 +1,58 @@
+# Every target installs what it needs: a fresh clone only needs python3 (>= 3.11).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO_ARGS ?=
+QUICK ?=
+
+.PHONY: help install lint test test-unit test-integration test-reliability demo bench clean
+
+help:
+	@echo "make demo    run the whole pipeline locally on embedded defaults"
+	@echo "make test    lint + unit + integration tests (real embedded broker)"
+	@echo "make lint    ruff + mypy --strict"
+	@echo "make bench   benchmarks against ceilings measured in the same run (QUICK=1 for a smoke run)"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "dcnios needs Python >= 3.11 (set PYTHON=...)"; exit 2; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet -e '.[dev,local,nifi]' --config-settings editable_mode=strict
+	touch $(STAMP)
+
+# The strict editable install is a link tree (package-dir maps producers/ onto dcnios.producers);
+# refreshing it picks up files added since the last install.
+install: $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
+
+lint: install
+	$(BIN)/ruff check dcnios producers consumers schemas nifi_recipes deploy tests bench
+	$(BIN)/ruff format --check dcnios producers consumers deploy tests bench
+	$(BIN)/mypy -p dcnios
+
+test: lint
+	$(BIN)/pytest -q -m "not reliability" tests
+
+test-unit: install
+	$(BIN)/pytest -q tests/unit
+
+test-integration: install
+	$(BIN)/pytest -q tests/integration
+
+test-reliability: install
+	$(BIN)/pytest -q -m reliability tests
+
+# Placeholder until `dcnios up` lands: the embedded broker plus how to use it.
+demo: install
+	@echo "Starting the embedded broker on 127.0.0.1:9092 (Ctrl-C stops it). In another shell:"
+	@echo "  $(BIN)/dcnios topics -c examples/pipeline.yaml"
+	@echo "  $(BIN)/dcnios tail dcache.events -c examples/pipeline.yaml --from-beginning"
+	$(BIN)/dcnios broker --port 9092 $(DEMO_ARGS)
+
+bench: install
+	$(BIN)/python -m bench $(if $(QUICK),--quick,)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,66 @@
+"""`dcnios validate`: check a spec and print a summary (secrets masked)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dcnios.cli._common import EXIT_OK, add_common
+from dcnios.spec import PipelineSpec, load_spec
+from dcnios.topics import topic_plan
+
+__all__ = ["register", "summary"]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "validate",
+        help="check a spec; print a summary, or every error with its path and line (exit 2)",
+        description="Validate a pipeline spec without touching the network.",
+    )
+    add_common(p)
+    p.set_defaults(run=run)
+
+
+def summary(spec: PipelineSpec) -> str:
+    k = spec.kafka
+    lines = [
+        f"kafka: {k.bootstrap_servers or '(embedded broker)'} {k.security_protocol}"
+        + (f" sasl={k.sasl.mechanism} user={k.sasl.username} password={k.sasl.password}" if k.sasl else "")
+        + (f" registry={k.schema_registry.url}" if k.schema_registry else ""),
+    ]
+    for s in spec.sources:
+        auth = s.auth
+        how = "anonymous"
+        if auth is not None:
+            how = (
+                f"basic {auth.username}:{auth.password}"
+                if auth.username
+                else "token ***"
+                if auth.token
+                else f"token_file {auth.token_file}"
+                if auth.token_file
+                else f"cert {auth.cert}"
+            )
+        routes = ", ".join(f"{r.match} -> {r.topic}" for r in s.routes)
+        lines.append(
+            f"source {s.name}: {s.endpoint} {list(s.paths)}{' recursive' if s.recursive else ''}"
+            f" events={list(s.events)} -> {s.topic}{f' (routes: {routes})' if routes else ''} auth={how}"
+        )
+    for c in spec.consumers:
+        nifi = spec.nifi is not None and c.name in spec.nifi.consumers
+        lines.append(
+            f"consumer {c.name}: {c.topic} (group {c.group}) -> {c.oscar.endpoint} service {c.oscar.service}"
+            f" payload={c.payload} rate={c.rate or 'unlimited'} concurrency={c.concurrency}"
+            f" ordering={c.ordering} dlq={c.dead_letter_topic}{' [nifi]' if nifi else ''}"
+        )
+    if spec.nifi is not None:
+        lines.append(f"nifi: {spec.nifi.endpoint} v{spec.nifi.version} consumers={list(spec.nifi.consumers)}")
+    lines.append(f"topics: {', '.join(p.name for p in topic_plan(spec))}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = load_spec(args.config)
+    sys.stdout.write(f"{args.config}: OK\n{summary(spec)}\n")
+    return EXIT_OK

@@ -1,0 +1,217 @@
+"""Kafka plumbing: librdkafka settings rendered in one place, admin, and a latched producer."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+from confluent_kafka import KafkaError as RdKafkaError
+from confluent_kafka import KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # exported at runtime, missing from the stubs
+
+from dcnios.errors import ConfigError, DeliveryError, KafkaError
+from dcnios.spec import KafkaSpec
+from dcnios.topics import TopicPlan
+
+__all__ = [
+    "LatchedProducer",
+    "OutHeaders",
+    "RdConf",
+    "admin_client",
+    "client_config",
+    "consumer_config",
+    "ensure_topics",
+    "masked_config",
+    "producer_config",
+]
+
+logger = logging.getLogger(__name__)
+
+_SECRET_KEYS: Final = ("sasl.password", "ssl.key.password", "sasl.oauthbearer.client.secret")
+ProduceCallback = Callable[[Any, Message], None]
+#: librdkafka settings, as confluent-kafka's constructors type them.
+RdConf = dict[str, str | int | float | bool]
+OutHeaders = list[tuple[str, str | bytes | None]]
+
+
+def client_config(kafka: KafkaSpec) -> RdConf:
+    """librdkafka settings shared by every client. Spec keys win over ``kafka.librdkafka``."""
+    if kafka.bootstrap_servers is None:
+        raise ConfigError("kafka.bootstrap_servers: is required here (only `dcnios up` starts a broker)")
+    conf: RdConf = dict(kafka.librdkafka)
+    conf["bootstrap.servers"] = kafka.bootstrap_servers
+    conf["client.id"] = kafka.client_id
+    conf["security.protocol"] = kafka.security_protocol
+    if kafka.sasl is not None:
+        conf["sasl.mechanism"] = kafka.sasl.mechanism
+        if kafka.sasl.username is not None:
+            conf["sasl.username"] = kafka.sasl.username
+        if kafka.sasl.password is not None:
+            conf["sasl.password"] = kafka.sasl.password.reveal()
+    if kafka.ssl is not None:
+        ssl = kafka.ssl
+        for key, value in (
+            ("ssl.ca.location", ssl.ca_location),
+            ("ssl.certificate.location", ssl.certificate_location),
+            ("ssl.key.location", ssl.key_location),
+        ):
+            if value is not None:
+                conf[key] = value
+        if ssl.key_password is not None:
+            conf["ssl.key.password"] = ssl.key_password.reveal()
+        conf["ssl.endpoint.identification.algorithm"] = "https" if ssl.verify_hostname else "none"
+    return conf
+
+
+def producer_config(kafka: KafkaSpec, **overrides: str) -> RdConf:
+    """Idempotent, acks=all: a retried batch is never written twice, nothing acked is lost."""
+    conf = client_config(kafka)
+    conf.update(
+        {
+            "enable.idempotence": "true",
+            "acks": "all",
+            "linger.ms": "5",
+            "compression.type": "lz4",
+        }
+    )
+    conf.update(overrides)
+    return conf
+
+
+def consumer_config(kafka: KafkaSpec, group: str, **overrides: str) -> RdConf:
+    """Manual commits; a new group starts from the earliest offset so that nothing is skipped."""
+    conf = client_config(kafka)
+    conf.update(
+        {
+            "group.id": group,
+            "enable.auto.commit": "false",
+            "enable.auto.offset.store": "false",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    conf.update(overrides)
+    return conf
+
+
+def masked_config(conf: RdConf) -> RdConf:
+    """The same settings with secrets replaced, for logs."""
+    return {k: ("***" if k in _SECRET_KEYS else v) for k, v in conf.items()}
+
+
+def admin_client(kafka: KafkaSpec) -> AdminClient:
+    return AdminClient(client_config(kafka))
+
+
+def ensure_topics(kafka: KafkaSpec, plans: Iterable[TopicPlan], timeout: float = 30.0) -> dict[str, str]:
+    """Create missing topics. Returns ``{name: "created" | "exists"}``; idempotent.
+
+    Raises:
+        KafkaError: a topic could not be created, naming it and the broker's reason.
+    """
+    plans = list(plans)
+    admin = admin_client(kafka)
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise KafkaError(f"cannot reach {kafka.bootstrap_servers}: {exc.args[0].str()}") from exc
+    result = {p.name: "exists" for p in plans if p.name in existing}
+    new = [
+        NewTopic(p.name, p.partitions, p.replication_factor, config=dict(p.config))
+        for p in plans
+        if p.name not in existing
+    ]
+    if not new:
+        return result
+    failures = []
+    for name, future in admin.create_topics(new, request_timeout=timeout).items():
+        try:
+            future.result(timeout=timeout)
+            result[name] = "created"
+            logger.info("created topic %s", name)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.code() == RdKafkaError.TOPIC_ALREADY_EXISTS:
+                result[name] = "exists"
+            else:
+                failures.append(f"{name}: {err.str()}")
+    if failures:
+        raise KafkaError("cannot create topics: " + "; ".join(failures))
+    return {p.name: result[p.name] for p in plans}
+
+
+class LatchedProducer:
+    """A confluent-kafka Producer whose first delivery error is latched and re-raised.
+
+    ``produce`` raises the latched error, so no record is silently lost behind a failed one.
+    ``on_delivery`` callbacks (per record) run on the thread that polls.
+    """
+
+    def __init__(self, conf: RdConf) -> None:
+        self._producer = Producer(dict(conf))
+        self._error: DeliveryError | None = None
+        self._lock = threading.Lock()
+
+    def _delivered(self, callback: ProduceCallback | None, token: Any) -> Callable[[Any, Message], None]:
+        def done(err: Any, msg: Message) -> None:
+            if err is not None:
+                with self._lock:
+                    if self._error is None:
+                        self._error = DeliveryError(
+                            f"delivery to {msg.topic()} failed: {err.str()}",
+                            topic=msg.topic(),
+                            code=err.name(),
+                        )
+                logger.error("delivery to %s[%s] failed: %s", msg.topic(), msg.partition(), err.str())
+                return
+            if callback is not None:
+                callback(token, msg)
+
+        return done
+
+    def raise_latched(self) -> None:
+        with self._lock:
+            if self._error is not None:
+                raise self._error
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: OutHeaders | None = None,
+        on_delivery: ProduceCallback | None = None,
+        token: Any = None,
+    ) -> None:
+        self.raise_latched()
+        while True:
+            try:
+                self._producer.produce(
+                    topic,
+                    value=value,
+                    key=key,
+                    headers=headers,
+                    on_delivery=self._delivered(on_delivery, token),
+                )
+                break
+            except BufferError:
+                # The local queue is full: serve delivery reports until there is room.
+                self._producer.poll(0.1)
+                self.raise_latched()
+        self._producer.poll(0)
+
+    def poll(self, timeout: float = 0.0) -> None:
+        self._producer.poll(timeout)
+        self.raise_latched()
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait for every delivery report; raise if any record was not acknowledged."""
+        remaining = self._producer.flush(timeout)
+        self.raise_latched()
+        if remaining:
+            raise DeliveryError(f"{remaining} records not acknowledged within {timeout:.0f}s")
+
+    def __len__(self) -> int:
+        return len(self._producer)

@@ -1,0 +1,446 @@
+"""The pipeline spec as frozen, typed objects. Field docs feed ``dcnios schema``."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from dcnios.inotify import DEFAULT_EVENTS, EVENT_FLAGS, IN_ISDIR
+from dcnios.secrets import Secret
+from dcnios.spec._build import Duration, Rate, spec_field
+
+__all__ = [
+    "ConsumerFilter",
+    "ConsumerSpec",
+    "DCacheAuth",
+    "KafkaSpec",
+    "NifiAuth",
+    "NifiSpec",
+    "OscarSpec",
+    "PipelineSpec",
+    "RegistrySpec",
+    "RetrySpec",
+    "RouteSpec",
+    "SaslSpec",
+    "SourceSpec",
+    "SslSpec",
+    "TopicDefaults",
+]
+
+Problems = Iterator[tuple[str, str]]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_MASKS = (*EVENT_FLAGS, IN_ISDIR)
+
+
+def _url(value: str) -> str | None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return f"expected an http(s) URL, got {value!r}"
+    return None
+
+
+def _topic(value: str) -> str | None:
+    if not _TOPIC_NAME.match(value) or value in (".", ".."):
+        return f"expected a Kafka topic name ([A-Za-z0-9._-], at most 249 characters), got {value!r}"
+    return None
+
+
+def _name(value: str) -> str | None:
+    if not _NAME.match(value):
+        return f"expected a lower-case DNS label ([a-z0-9-], at most 63 characters), got {value!r}"
+    return None
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else f"expected a positive number, got {value!r}"
+
+
+def _abs_paths(values: tuple[str, ...]) -> str | None:
+    bad = [v for v in values if not v.startswith("/") or (len(v) > 1 and v.endswith("/"))]
+    if bad:
+        return f"expected absolute dCache paths without a trailing '/', got {bad[0]!r}"
+    return None
+
+
+def _masks(values: tuple[str, ...]) -> str | None:
+    bad = [v for v in values if v not in _MASKS]
+    if bad:
+        return f"unknown event mask {bad[0]!r}; valid masks are {', '.join(_MASKS)}"
+    return None
+
+
+def _servers(value: str) -> str | None:
+    for server in value.split(","):
+        host, _, port = server.strip().rpartition(":")
+        if not host or not port.isdigit():
+            return f"expected host:port[,host:port...], got {value!r}"
+    return None
+
+
+def _file_exists(path: str | None, key: str) -> Problems:
+    if path is not None and not os.path.exists(os.path.expanduser(path)):
+        yield key, f"file not found: {path!r}"
+
+
+# -- kafka --------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class SaslSpec:
+    mechanism: SaslMechanism = spec_field("PLAIN", doc="SASL mechanism")
+    username: str | None = spec_field(None, doc="SASL user name")
+    password: Secret | None = spec_field(None, doc="SASL password (or password_file)")
+
+    def validate(self) -> Problems:
+        if self.mechanism != "OAUTHBEARER" and (self.username is None or self.password is None):
+            yield "", f"{self.mechanism} needs username and password"
+
+
+@dataclass(frozen=True, slots=True)
+class SslSpec:
+    ca_location: str | None = spec_field(None, doc="CA bundle (PEM) that signed the brokers' certificates")
+    certificate_location: str | None = spec_field(None, doc="client certificate (PEM), for mTLS")
+    key_location: str | None = spec_field(None, doc="client private key (PEM), for mTLS")
+    key_password: Secret | None = spec_field(None, doc="password of the private key")
+    verify_hostname: bool = spec_field(True, doc="check the broker's host name against its certificate")
+
+    def validate(self) -> Problems:
+        if (self.certificate_location is None) != (self.key_location is None):
+            yield "", "certificate_location and key_location go together"
+        yield from _file_exists(self.ca_location, "ca_location")
+        yield from _file_exists(self.certificate_location, "certificate_location")
+        yield from _file_exists(self.key_location, "key_location")
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrySpec:
+    url: str = spec_field(doc="Confluent Schema Registry URL; values then use the Confluent wire format")
+    username: str | None = spec_field(None, doc="basic-auth user")
+    password: Secret | None = spec_field(None, doc="basic-auth password")
+    ca_location: str | None = spec_field(None, doc="CA bundle for the registry's TLS certificate")
+
+    def validate(self) -> Problems:
+        if not self.url.startswith("mock://") and (problem := _url(self.url)):
+            yield "url", problem
+
+
+@dataclass(frozen=True, slots=True)
+class TopicDefaults:
+    partitions: int = spec_field(12, doc="partitions of topics dcnios creates", check=_positive)
+    replication_factor: int = spec_field(
+        1, doc="replication factor of topics dcnios creates", check=_positive
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSpec:
+    bootstrap_servers: str | None = spec_field(
+        None, doc="host:port list; absent means the embedded broker (dcnios up)", check=_servers
+    )
+    security_protocol: SecurityProtocol = spec_field("PLAINTEXT", doc="how clients talk to the brokers")
+    sasl: SaslSpec | None = spec_field(None, doc="SASL settings (SASL_PLAINTEXT, SASL_SSL)")
+    ssl: SslSpec | None = spec_field(None, doc="TLS settings (SSL, SASL_SSL)")
+    schema_registry: RegistrySpec | None = spec_field(None, doc="Confluent Schema Registry (optional)")
+    topic_defaults: TopicDefaults = spec_field(TopicDefaults(), doc="settings for created topics")
+    internal_prefix: str = spec_field(
+        "dcnios", doc="prefix of internal topics (<prefix>.checkpoints, .control, .gaps)", check=_topic
+    )
+    client_id: str = spec_field("dcnios", doc="client.id sent to the brokers")
+    librdkafka: Mapping[str, str] = spec_field(
+        MappingProxyType({}), doc="extra librdkafka settings; the keys above win over these"
+    )
+
+    def validate(self) -> Problems:
+        uses_sasl = self.security_protocol.startswith("SASL")
+        if uses_sasl and self.sasl is None:
+            yield "sasl", f"is required with security_protocol {self.security_protocol}"
+        if not uses_sasl and self.sasl is not None:
+            yield "sasl", f"is set, but security_protocol {self.security_protocol} does not use SASL"
+        if self.ssl is not None and not self.security_protocol.endswith("SSL"):
+            yield "ssl", f"is set, but security_protocol {self.security_protocol} does not use TLS"
+        for key in self.librdkafka:
+            if key.startswith(("sasl.", "ssl.")) and key.endswith(("password", "secret")):
+                yield f"librdkafka.{key}", "put secrets in kafka.sasl / kafka.ssl, where they are masked"
+
+
+# -- sources ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class DCacheAuth:
+    username: str | None = spec_field(None, doc="Basic auth user")
+    password: Secret | None = spec_field(None, doc="Basic auth password (or password_file)")
+    token: Secret | None = spec_field(None, doc="bearer token (macaroon, SciToken, OIDC)", secret_file=False)
+    token_file: str | None = spec_field(None, doc="file holding a bearer token; re-read on 401")
+    cert: str | None = spec_field(None, doc="X.509 client certificate or proxy (PEM)")
+    key: str | None = spec_field(None, doc="private key of cert (omit for a proxy holding both)")
+
+    def validate(self) -> Problems:
+        kinds = [
+            name
+            for name, present in (
+                ("username/password", self.username is not None or self.password is not None),
+                ("token", self.token is not None),
+                ("token_file", self.token_file is not None),
+                ("cert", self.cert is not None),
+            )
+            if present
+        ]
+        if len(kinds) != 1:
+            yield "", f"give exactly one of username/password, token, token_file, cert; got {kinds or 'none'}"
+        if (self.username is None) != (self.password is None):
+            yield "", "username and password go together"
+        if self.key is not None and self.cert is None:
+            yield "key", "needs cert"
+        yield from _file_exists(self.token_file, "token_file")
+        yield from _file_exists(self.cert, "cert")
+        yield from _file_exists(self.key, "key")
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    match: str = spec_field(
+        doc="glob on the full path; ** crosses directories", examples=("/data/in/raw/**",)
+    )
+    topic: str = spec_field(doc="topic for matching records", check=_topic)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSpec:
+    name: str = spec_field(doc="unique source name (DNS label)", check=_name)
+    endpoint: str = spec_field(doc="dCache REST API root, e.g. https://host:3880/api/v1", check=_url)
+    paths: tuple[str, ...] = spec_field(doc="directories to watch", check=_abs_paths)
+    topic: str = spec_field(doc="topic for the records", check=_topic)
+    type: Literal["dcache"] = spec_field("dcache", doc="source kind")
+    auth: DCacheAuth | None = spec_field(None, doc="credentials; absent means anonymous")
+    ca_bundle: str | None = spec_field(None, doc="CA bundle for the frontend's certificate")
+    recursive: bool = spec_field(False, doc="watch sub-directories too (one subscription per directory)")
+    events: tuple[str, ...] = spec_field(DEFAULT_EVENTS, doc="masks that become records", check=_masks)
+    directories: bool = spec_field(False, doc="also publish events about directories (IN_ISDIR)")
+    routes: tuple[RouteSpec, ...] = spec_field((), doc="first matching glob picks the topic")
+    client_id: str | None = spec_field(None, doc="channel client-id; default dcnios-<name>")
+    channel_timeout: Duration = spec_field(
+        Duration(3600), doc="how long dCache keeps the channel while disconnected", check=_positive
+    )
+    reconcile: bool = spec_field(True, doc="after a gap, list the directories and publish what was missed")
+    reconnect_backoff: Duration = spec_field(Duration(0.5), doc="first reconnect delay", check=_positive)
+    reconnect_backoff_max: Duration = spec_field(Duration(30), doc="largest reconnect delay", check=_positive)
+    request_timeout: Duration = spec_field(
+        Duration(30), doc="timeout of non-streaming calls", check=_positive
+    )
+
+    @staticmethod
+    def derive_defaults(values: dict[str, Any]) -> dict[str, Any]:
+        values.setdefault("client_id", f"dcnios-{values['name']}")
+        return values
+
+    def validate(self) -> Problems:
+        yield from _file_exists(self.ca_bundle, "ca_bundle")
+        if not self.events:
+            yield "events", "must name at least one mask"
+        if self.reconnect_backoff_max < self.reconnect_backoff:
+            yield "reconnect_backoff_max", "must not be smaller than reconnect_backoff"
+        if not self.paths:
+            yield "paths", "must name at least one directory"
+        if self.endpoint.endswith("/"):
+            yield "endpoint", "drop the trailing '/'"
+
+    def topic_for(self, path: str) -> str:
+        """The topic a record with this full path goes to: the first matching route, else ``topic``."""
+        for route in self.routes:
+            if glob_match(route.match, path):
+                return route.topic
+        return self.topic
+
+
+# -- consumers ----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ConsumerFilter:
+    paths: tuple[str, ...] = spec_field((), doc="path globs to invoke for (empty: all)")
+    events: tuple[str, ...] = spec_field((), doc="masks to invoke for (empty: all)", check=_masks)
+
+    def accepts(self, path: str, mask: tuple[str, ...] | list[str]) -> bool:
+        if self.paths and not any(glob_match(p, path) for p in self.paths):
+            return False
+        return not self.events or any(m in self.events for m in mask)
+
+
+@dataclass(frozen=True, slots=True)
+class OscarSpec:
+    endpoint: str = spec_field(doc="OSCAR cluster URL", check=_url)
+    service: str = spec_field(doc="service name", check=_name)
+    token: Secret | None = spec_field(None, doc="service token (64 hex)")
+    username: str | None = spec_field(None, doc="cluster user, to fetch the service token")
+    password: Secret | None = spec_field(None, doc="cluster password")
+    oidc_token: Secret | None = spec_field(None, doc="OIDC access token, to fetch the service token")
+    ca_bundle: str | None = spec_field(None, doc="CA bundle for OSCAR's certificate")
+    mode: Literal["async", "sync"] = spec_field("async", doc="async: POST /job; sync: POST /run")
+    timeout: Duration = spec_field(Duration(30), doc="read timeout of one invocation", check=_positive)
+    connect_timeout: Duration = spec_field(Duration(5), doc="connect timeout", check=_positive)
+    job_id: Literal["random", "deterministic"] = spec_field(
+        "random", doc="deterministic: X-Delegated-Job-ID from the event (OSCAR >= 4.1), so replays add no job"
+    )
+    max_pending_jobs: int | None = spec_field(
+        None, doc="hold invocations while Pending+Running jobs reach this", check=_positive
+    )
+    pending_poll_interval: Duration = spec_field(Duration(2), doc="how often to poll job states")
+
+    def validate(self) -> Problems:
+        kinds = [
+            k
+            for k, present in (
+                ("token", self.token is not None),
+                ("username/password", self.username is not None or self.password is not None),
+                ("oidc_token", self.oidc_token is not None),
+            )
+            if present
+        ]
+        if len(kinds) != 1:
+            yield "", f"give exactly one of token, username/password, oidc_token; got {kinds or 'none'}"
+        if (self.username is None) != (self.password is None):
+            yield "", "username and password go together"
+        if self.max_pending_jobs is not None and self.token is not None and len(kinds) == 1:
+            yield "max_pending_jobs", "needs username/password or oidc_token (GET /system/logs)"
+        yield from _file_exists(self.ca_bundle, "ca_bundle")
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySpec:
+    max_attempts: int = spec_field(8, doc="attempts before the record goes to the DLQ", check=_positive)
+    initial_backoff: Duration = spec_field(Duration(1), doc="first retry delay", check=_positive)
+    max_backoff: Duration = spec_field(Duration(300), doc="largest retry delay", check=_positive)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSpec:
+    name: str = spec_field(doc="unique consumer name (DNS label)", check=_name)
+    topic: str = spec_field(doc="topic to consume", check=_topic)
+    oscar: OscarSpec = spec_field(doc="the OSCAR service to invoke")
+    group: str | None = spec_field(None, doc="consumer group; default dcnios-<name>")
+    filter: ConsumerFilter = spec_field(ConsumerFilter(), doc="which records to invoke for")
+    payload: Literal["dcache", "record"] = spec_field(
+        "dcache", doc="dcache: the byte-exact dCache event JSON; record: the whole record as JSON"
+    )
+    rate: Rate | None = spec_field(None, doc="invocations per second for the whole group; absent: unlimited")
+    concurrency: int = spec_field(16, doc="invocations in flight per process", check=_positive)
+    ordering: Literal["key", "partition", "none"] = spec_field(
+        "key", doc="key: same path in order; partition: one at a time per partition; none"
+    )
+    retry: RetrySpec = spec_field(RetrySpec(), doc="retry policy")
+    dead_letter_topic: str | None = spec_field(None, doc="failed records; default <topic>.dlq", check=_topic)
+    dedup_window: Duration = spec_field(
+        Duration(600), doc="drop replays of an event seen this recently (0 disables)"
+    )
+    drain_timeout: Duration = spec_field(Duration(30), doc="how long shutdown waits for in-flight calls")
+
+    @staticmethod
+    def derive_defaults(values: dict[str, Any]) -> dict[str, Any]:
+        values.setdefault("group", f"dcnios-{values['name']}")
+        values.setdefault("dead_letter_topic", f"{values['topic']}.dlq")
+        return values
+
+    def validate(self) -> Problems:
+        if self.dead_letter_topic == self.topic:
+            yield "dead_letter_topic", "must differ from topic"
+
+
+# -- nifi ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class NifiAuth:
+    username: str | None = spec_field(None, doc="single-user login name")
+    password: Secret | None = spec_field(None, doc="single-user password")
+    token: Secret | None = spec_field(None, doc="bearer token")
+    cert: str | None = spec_field(None, doc="client certificate (PEM)")
+    key: str | None = spec_field(None, doc="client key (PEM)")
+
+    def validate(self) -> Problems:
+        kinds = [
+            k
+            for k, p in (
+                ("username/password", self.username is not None or self.password is not None),
+                ("token", self.token is not None),
+                ("cert", self.cert is not None),
+            )
+            if p
+        ]
+        if len(kinds) != 1:
+            yield "", f"give exactly one of username/password, token, cert; got {kinds or 'none'}"
+        if (self.username is None) != (self.password is None):
+            yield "", "username and password go together"
+
+
+@dataclass(frozen=True, slots=True)
+class NifiSpec:
+    endpoint: str = spec_field(doc="NiFi REST root, e.g. https://host:8443/nifi-api", check=_url)
+    auth: NifiAuth | None = spec_field(None, doc="credentials")
+    ca_bundle: str | None = spec_field(None, doc="CA bundle for NiFi's certificate")
+    version: Literal[1, 2] = spec_field(2, doc="NiFi major version")
+    consumers: tuple[str, ...] = spec_field((), doc="consumers deployed as NiFi process groups")
+
+
+# -- the whole pipeline -------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class PipelineSpec:
+    kafka: KafkaSpec = spec_field(KafkaSpec(), doc="the Kafka cluster")
+    sources: tuple[SourceSpec, ...] = spec_field((), doc="dCache sources")
+    consumers: tuple[ConsumerSpec, ...] = spec_field((), doc="OSCAR consumers")
+    nifi: NifiSpec | None = spec_field(None, doc="NiFi deployment of some consumers")
+
+    def validate(self) -> Problems:
+        yield from _unique("sources", [s.name for s in self.sources])
+        yield from _unique("consumers", [c.name for c in self.consumers])
+        names = {c.name for c in self.consumers}
+        if self.nifi is not None:
+            for i, name in enumerate(self.nifi.consumers):
+                if name not in names:
+                    hint = f"; consumers are {', '.join(sorted(names))}" if names else ""
+                    yield f"nifi.consumers[{i}]", f"no consumer named {name!r}{hint}"
+
+    def source(self, name: str) -> SourceSpec:
+        for source in self.sources:
+            if source.name == name:
+                return source
+        raise KeyError(name)
+
+    def consumer(self, name: str) -> ConsumerSpec:
+        for consumer in self.consumers:
+            if consumer.name == name:
+                return consumer
+        raise KeyError(name)
+
+    def with_bootstrap(self, bootstrap: str) -> PipelineSpec:
+        return replace(self, kafka=replace(self.kafka, bootstrap_servers=bootstrap))
+
+
+def _unique(key: str, names: list[str]) -> Problems:
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            yield f"{key}[{i}].name", f"duplicate name {name!r}"
+        seen.add(name)
+
+
+_GLOB_CACHE: dict[str, re.Pattern[str]] = {}
+
+
+def glob_match(pattern: str, path: str) -> bool:
+    """Path glob: ``*`` and ``?`` stay within one directory, ``**`` crosses directories."""
+    compiled = _GLOB_CACHE.get(pattern)
+    if compiled is None:
+        parts = re.split(r"(\*\*/?|\*|\?)", pattern)
+        regex = ""
+        for part in parts:
+            if part in ("**", "**/"):
+                regex += "(?:.*/)?" if part == "**/" else ".*"
+            elif part == "*":
+                regex += "[^/]*"
+            elif part == "?":
+                regex += "[^/]"
+            else:
+                regex += re.escape(part)
+        compiled = _GLOB_CACHE.setdefault(pattern, re.compile(f"^{regex}$"))
+    return compiled.match(path) is not None

@@ -1,0 +1,74 @@
+"""Every topic name dcnios uses derives from the spec here, and only here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from dcnios.spec import KafkaSpec, PipelineSpec
+
+__all__ = [
+    "TopicPlan",
+    "checkpoint_topic",
+    "control_topic",
+    "gaps_topic",
+    "invalid_topic",
+    "topic_plan",
+]
+
+_COMPACTED: Mapping[str, str] = MappingProxyType({"cleanup.policy": "compact"})
+
+
+@dataclass(frozen=True, slots=True)
+class TopicPlan:
+    name: str
+    partitions: int
+    replication_factor: int
+    purpose: str
+    config: Mapping[str, str] = field(default_factory=dict)
+
+
+def checkpoint_topic(kafka: KafkaSpec) -> str:
+    """Compacted; key = source name; value = the producer's resume point (JSON)."""
+    return f"{kafka.internal_prefix}.checkpoints"
+
+
+def control_topic(kafka: KafkaSpec) -> str:
+    """Compacted; key = consumer name; value = its runtime rate / paused state (JSON)."""
+    return f"{kafka.internal_prefix}.control"
+
+
+def gaps_topic(kafka: KafkaSpec) -> str:
+    """One JSON record per gap in a source's event stream."""
+    return f"{kafka.internal_prefix}.gaps"
+
+
+def invalid_topic(topic: str) -> str:
+    """Raw frames that could not become records, with a reason header."""
+    return f"{topic}.invalid"
+
+
+def topic_plan(spec: PipelineSpec) -> list[TopicPlan]:
+    """Every topic the spec needs, once each, in a stable order."""
+    k = spec.kafka
+    parts, rf = k.topic_defaults.partitions, k.topic_defaults.replication_factor
+    plans: dict[str, TopicPlan] = {}
+
+    def add(name: str, purpose: str, partitions: int = parts, config: Mapping[str, str] = _COMPACTED) -> None:
+        plans.setdefault(name, TopicPlan(name, partitions, rf, purpose, dict(config)))
+
+    plain: Mapping[str, str] = {}
+    for source in spec.sources:
+        add(source.topic, f"events of source {source.name}", config=plain)
+        for route in source.routes:
+            add(route.topic, f"events of source {source.name} matching {route.match}", config=plain)
+        add(invalid_topic(source.topic), f"invalid frames of source {source.name}", 1, plain)
+    for consumer in spec.consumers:
+        add(consumer.topic, f"input of consumer {consumer.name}", config=plain)
+        assert consumer.dead_letter_topic is not None
+        add(consumer.dead_letter_topic, f"dead letters of consumer {consumer.name}", config=plain)
+    add(checkpoint_topic(k), "producer checkpoints (compacted)", 1)
+    add(control_topic(k), "runtime rate and pause control (compacted)", 1)
+    add(gaps_topic(k), "gaps in source event streams", 1, plain)
+    return list(plans.values())

@@ -1,0 +1,1 @@
+"""NiFi flow-definition templates (data files, read with importlib.resources)."""

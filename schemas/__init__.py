@@ -1,0 +1,1 @@
+"""Avro schemas (data files, read with importlib.resources)."""

@@ -1,0 +1,29 @@
+"""Shared fixtures: one real Kafka-protocol broker per session, fresh topics and groups per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from dcnios.broker import EmbeddedBroker
+
+
+@pytest.fixture(scope="session")
+def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """DCNIOS_TEST_BOOTSTRAP if set, else the embedded Tansu broker for the whole session."""
+    external = os.environ.get("DCNIOS_TEST_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with EmbeddedBroker(log_path=str(log)) as broker:
+        yield broker.bootstrap
+
+
+@pytest.fixture
+def unique() -> Callable[[str], str]:
+    """unique("orders") -> "orders-1a2b3c4d": names that never collide between tests."""
+    return lambda prefix: f"{prefix}-{uuid.uuid4().hex[:8]}"
