@@ -30,7 +30,7 @@ install: $(STAMP)
 lint: install
 	$(BIN)/ruff check dcnios producers consumers schemas nifi_recipes deploy tests bench
 	$(BIN)/ruff format --check dcnios producers consumers deploy tests bench
-	$(BIN)/mypy -p dcnios
+	cd $(VENV) && bin/mypy --config-file ../pyproject.toml -p dcnios  # outside the repo root, so ./dcnios does not shadow the install
 
 test: lint
 	$(BIN)/pytest -q -m "not reliability" tests

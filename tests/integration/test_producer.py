@@ -1,0 +1,279 @@
+"""dcnios-producer against the dCache emulator and the real broker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from dcnios.errors import DCacheError
+from dcnios.sandbox.dcache import DCacheEmulator
+from dcnios.storage_event import StorageEvent, dcache_envelope
+from producer_harness import files, make_spec, read_topic, start, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def dcache() -> Iterator[DCacheEmulator]:
+    with DCacheEmulator(backlog=50) as emu:
+        emu.mkdir("/data/in")
+        yield emu
+
+
+def test_upload_is_exactly_one_record(
+    bootstrap: str, dcache: DCacheEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    spec = make_spec(tmp_path, bootstrap, dcache.endpoint, unique("p"))
+    running = start(spec)
+    try:
+        wait_for(running.runner.ready.is_set)
+        dcache.upload("/data/in/file1.dat")
+        dcache.srm_upload("/data/in/srm ä.dat")
+        dcache.put_silently("/data/in/old.dat")
+        dcache.mv("/data/in/old.dat", "/data/in/renamed.dat")
+        dcache.rm("/data/in/file1.dat")
+        topic = spec.sources[0].topic
+        records = read_topic(bootstrap, topic, lambda r: len(r) >= 3)
+    finally:
+        running.halt()
+    assert not running.error
+    assert sorted(files(records)) == ["/data/in/file1.dat", "/data/in/renamed.dat", "/data/in/srm ä.dat"]
+    upload = next(r for r in records if r.path == "/data/in/file1.dat")
+    assert upload.mask == ("IN_CLOSE_WRITE",) and upload.name == "file1.dat" and not upload.is_dir
+    assert upload.event_id == 0  # only the subscribed flags are delivered and numbered (section 10)
+    assert upload.channel == running.runner.channel_id
+    srm = next(r for r in records if r.name == "srm ä.dat")
+    assert srm.mask == ("IN_MOVED_TO",) and srm.cookie and len(srm.cookie) == 22
+    assert (
+        dcache_envelope(upload).decode().startswith('{"event":{"name":"file1.dat","mask":["IN_CLOSE_WRITE"]}')
+    )
+
+
+def test_envelope_matches_emulator_bytes(
+    bootstrap: str, dcache: DCacheEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    spec = make_spec(tmp_path, bootstrap, dcache.endpoint, unique("p"))
+    running = start(spec)
+    try:
+        wait_for(running.runner.ready.is_set)
+        dcache.srm_upload('/data/in/q"u\\ote ü.dat')
+        records = read_topic(bootstrap, spec.sources[0].topic, lambda r: len(r) >= 1)
+    finally:
+        running.halt()
+    (record,) = records
+    channel = next(iter(dcache.channels.values()))
+    (_, frame), *_ = [(i, f) for i, f in channel.backlog if f.startswith(b"event: inotify")]
+    data = frame.split(b"data: ", 1)[1].rstrip(b"\n")
+    assert dcache_envelope(record) == data
+
+
+def test_disconnect_storm_loses_nothing(
+    bootstrap: str, dcache: DCacheEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    spec = make_spec(tmp_path, bootstrap, dcache.endpoint, unique("p"))
+    running = start(spec)
+    expected = [f"/data/in/f{i:04d}" for i in range(300)]
+    try:
+        wait_for(running.runner.ready.is_set)
+        for i, path in enumerate(expected):
+            dcache.srm_upload(path)
+            if i % 25 == 0:
+                (channel,) = dcache.channels.values()
+                attached = channel.conn
+                dcache.drop_connections()
+                wait_for(lambda: channel.conn is not None and channel.conn is not attached)
+        records = read_topic(bootstrap, spec.sources[0].topic, lambda r: set(files(r)) >= set(expected))
+    finally:
+        running.halt()
+    assert set(files(records)) == set(expected)
+    assert running.runner.metrics.reconnects.labels("src")._value.get() >= 10
+
+
+def test_event_loss_is_a_gap_with_reconcile(
+    bootstrap: str, dcache: DCacheEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    prefix = unique("p")
+    spec = make_spec(tmp_path, bootstrap, dcache.endpoint, prefix)
+    running = start(spec)
+    wait_for(running.runner.ready.is_set)
+    dcache.srm_upload("/data/in/before")
+    wait_for(lambda: running.runner.progress.safe_id is not None)
+    running.halt()
+    # 120 uploads while away overrun the 50-event backlog: dCache answers EVENT_LOSS.
+    missed = [f"/data/in/away{i:03d}" for i in range(120)]
+    for path in missed:
+        dcache.srm_upload(path)
+    running = start(spec)
+    try:
+        records = read_topic(bootstrap, spec.sources[0].topic, lambda r: set(files(r)) >= set(missed))
+        gaps = read_topic(bootstrap, f"{prefix}.gaps", lambda r: any(g["reason"] == "EVENT_LOSS" for g in r))
+    finally:
+        running.halt()
+    assert set(files(records)) >= set(missed)
+    synthetic = {r.path for r in records if isinstance(r, StorageEvent) and r.gap == "EVENT_LOSS"}
+    assert synthetic >= set(missed)
+    (loss,) = [g for g in gaps if g["reason"] == "EVENT_LOSS"]
+    assert loss["directories"] == ["/data/in"] and loss["reconciled"] >= len(missed)
+
+
+def test_channel_expiry_gives_gap_and_synthetic_events(
+    bootstrap: str, dcache: DCacheEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    prefix = unique("p")
+    spec = make_spec(tmp_path, bootstrap, dcache.endpoint, prefix)
+    running = start(spec)
+    wait_for(running.runner.ready.is_set)
+    old_channel = running.runner.channel_url
+    running.halt()
+    dcache.expire_channels()
+    for i in range(5):
+        dcache.put_silently(f"/data/in/during{i}")
+    running = start(spec)
+    try:
+        records = read_topic(bootstrap, spec.sources[0].topic, lambda r: len(files(r)) >= 5)
+        gaps = read_topic(bootstrap, f"{prefix}.gaps", lambda r: len(r) >= 1)
+        new_channel = running.runner.channel_url
+    finally:
+        running.halt()
+    assert sorted(files(records)) == [f"/data/in/during{i}" for i in range(5)]
+    assert all(r.synthetic and r.gap == "CHANNEL_LOST" and r.event_id is None for r in records)
+    assert gaps[0]["reason"] == "CHANNEL_LOST" and gaps[0]["previous_channel"] == old_channel
+    assert new_channel != old_channel
+
+
+def test_frontend_restart_mid_stream(
+    bootstrap: str, dcache: DCacheEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    spec = make_spec(tmp_path, bootstrap, dcache.endpoint, unique("p"))
+    running = start(spec)
+    try:
+        wait_for(running.runner.ready.is_set)
+        dcache.srm_upload("/data/in/a")
+        dcache.restart()
+        dcache.put_silently("/data/in/b")
+        wait_for(lambda: bool(dcache.channels) and all(c.subs for c in dcache.channels.values()))
+        dcache.srm_upload("/data/in/c")
+        records = read_topic(
+            bootstrap,
+            spec.sources[0].topic,
+            lambda r: {"/data/in/a", "/data/in/b", "/data/in/c"} <= set(files(r)),
+        )
+    finally:
+        running.halt()
+    assert {"/data/in/a", "/data/in/b", "/data/in/c"} <= set(files(records))
+
+
+def test_recursive_watch_sees_new_subdirectories(
+    bootstrap: str, dcache: DCacheEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    dcache.mkdir("/data/in/existing")
+    spec = make_spec(tmp_path, bootstrap, dcache.endpoint, unique("p"), "    recursive: true\n")
+    running = start(spec)
+    try:
+        wait_for(lambda: len(running.runner.watches) == 2)
+        dcache.upload("/data/in/existing/x.dat")
+        # A file lands in a new directory before its watch can exist: the listing finds it.
+        with dcache.lock:
+            dcache.mkdir("/data/in/new/deeper")
+            dcache.upload("/data/in/new/deeper/early.dat")
+        wait_for(lambda: "/data/in/new/deeper" in running.runner.watches.values())
+        dcache.upload("/data/in/new/deeper/late.dat")
+        want = {"/data/in/existing/x.dat", "/data/in/new/deeper/early.dat", "/data/in/new/deeper/late.dat"}
+        records = read_topic(bootstrap, spec.sources[0].topic, lambda r: want <= set(files(r)))
+        dcache.rm("/data/in/existing")
+        wait_for(lambda: "/data/in/existing" not in running.runner.watches.values())
+    finally:
+        running.halt()
+    assert want <= set(files(records))
+
+
+def test_malformed_frames_go_to_invalid(
+    bootstrap: str, dcache: DCacheEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    spec = make_spec(tmp_path, bootstrap, dcache.endpoint, unique("p"))
+    running = start(spec)
+    try:
+        wait_for(running.runner.ready.is_set)
+        sub = next(iter(running.runner.watches))
+        dcache.inject(b"event: inotify\nid: {ID}\ndata: {not json\n\n")
+        dcache.inject(
+            b'event: inotify\nid: {ID}\ndata: {"event":{"name":"\xff\xfe","mask":["IN_CLOSE_WRITE"]},'
+            b'"subscription":"' + sub.encode() + b'"}\n\n'
+        )
+        dcache.inject(
+            b'event: inotify\nid: {ID}\ndata: {"event":{"name":"x","mask":["IN_BOGUS"]},'
+            b'"subscription":"' + sub.encode() + b'"}\n\n'
+        )
+        dcache.inject(b'event: SYSTEM\ndata: {"type":"SUBSCRIPTION_CLOSED"\n\n', with_id=False)
+        dcache.inject(
+            b'event: inotify\nid: {ID}\ndata: {"event":{"mask":["IN_MOVE_SELF"]},'
+            b'"subscription":"' + sub.encode() + b'"}\n\n'
+        )
+        dcache.upload("/data/in/after.dat")
+        topic = spec.sources[0].topic
+        invalid = read_topic(bootstrap, f"{topic}.invalid", lambda r: len(r) >= 4)
+        records = read_topic(bootstrap, topic, lambda r: len(r) >= 1)
+    finally:
+        running.halt()
+    assert not running.error
+    reasons = sorted(h["dcnios-reason"].decode() for _, h in invalid)
+    assert reasons == [
+        "SYSTEM frame without a JSON type",
+        "data is not JSON: Expecting property name enclosed in double quotes at column 2",
+        "data is not UTF-8 (byte 18)",
+        "unknown mask 'IN_BOGUS'",
+    ]
+    assert any(b"\xff\xfe" in raw for raw, _ in invalid)  # the raw bytes are kept
+    assert files(records) == ["/data/in/after.dat"]
+
+
+def test_wrong_password_is_a_clear_error(
+    bootstrap: str, dcache: DCacheEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    spec = make_spec(tmp_path, bootstrap, dcache.endpoint.replace("alice", "x"), unique("p"))
+    dcache.users["alice"] = "other"
+    running = start(spec)
+    running.thread.join(30)
+    assert len(running.error) == 1 and isinstance(running.error[0], DCacheError)
+    assert str(running.error[0]) == "list channels: 401 Unauthorized: check sources[].auth for src"
+
+
+def test_kill_9_and_restart_loses_nothing(
+    bootstrap: str, dcache: DCacheEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    prefix = unique("p")
+    spec = make_spec(tmp_path, bootstrap, dcache.endpoint, prefix)
+    config = str(tmp_path / f"{prefix}.yaml")
+    exe = str(Path(sys.executable).parent / "dcnios-producer")
+    expected = [f"/data/in/k{i:04d}" for i in range(400)]
+
+    log = open(tmp_path / "producer.log", "ab")  # noqa: SIM115
+
+    def launch() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([exe, "-c", config], stderr=log, env={**os.environ})
+
+    proc = launch()
+    try:
+        wait_for(lambda: bool(dcache.channels) and any(c.subs for c in dcache.channels.values()), 30)
+        for i, path in enumerate(expected):
+            dcache.srm_upload(path)
+            if i == 150:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+            if i == 250:
+                proc = launch()
+        records = read_topic(bootstrap, spec.sources[0].topic, lambda r: set(files(r)) >= set(expected), 60)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    assert set(files(records)) == set(expected)
