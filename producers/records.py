@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from dcnios.inotify import IN_ISDIR, MASK_ORDER
+from dcnios.producers.sse import Frame
 from dcnios.spec import SourceSpec
 from dcnios.storage_event import StorageEvent
-from dcnios.producers.sse import Frame
 
 __all__ = ["Outcome", "interpret", "join_path"]
 

@@ -27,13 +27,13 @@ from dcnios.codec import StorageEventCodec
 from dcnios.errors import ChannelGoneError, DCacheError, DcniosError
 from dcnios.kafka import LatchedProducer, producer_config
 from dcnios.metrics import ProducerMetrics
-from dcnios.spec import PipelineSpec, SourceSpec
-from dcnios.storage_event import StorageEvent, now_millis
-from dcnios.topics import gaps_topic, invalid_topic
 from dcnios.producers.checkpoint import Checkpoint, CheckpointStore
 from dcnios.producers.dcache_api import DCacheClient
 from dcnios.producers.records import Outcome, interpret, join_path
 from dcnios.producers.sse import Frame, iter_frames
+from dcnios.spec import PipelineSpec, SourceSpec
+from dcnios.storage_event import StorageEvent, now_millis
+from dcnios.topics import gaps_topic, invalid_topic
 
 __all__ = ["CompetingClientError", "SourceRunner"]
 

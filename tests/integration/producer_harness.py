@@ -15,10 +15,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from dcnios.codec import StorageEventCodec
 from dcnios.kafka import ensure_topics
+from dcnios.producers.run import SourceRunner
 from dcnios.spec import PipelineSpec, load_spec
 from dcnios.storage_event import StorageEvent
 from dcnios.topics import topic_plan
-from dcnios.producers.run import SourceRunner
 
 
 def make_spec(tmp_path: Path, bootstrap: str, endpoint: str, prefix: str, extra: str = "") -> PipelineSpec:

@@ -6,16 +6,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from producer_harness import files, make_spec, read_topic, start, wait_for
 
 from dcnios.errors import DCacheError
 from dcnios.sandbox.dcache import DCacheEmulator
 from dcnios.storage_event import StorageEvent, dcache_envelope
-from producer_harness import files, make_spec, read_topic, start, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -86,9 +85,8 @@ def test_disconnect_storm_loses_nothing(
             dcache.srm_upload(path)
             if i % 25 == 0:
                 (channel,) = dcache.channels.values()
-                attached = channel.conn
                 dcache.drop_connections()
-                wait_for(lambda: channel.conn is not None and channel.conn is not attached)
+                wait_for(lambda ch=channel, old=channel.conn: ch.conn is not None and ch.conn is not old)
         records = read_topic(bootstrap, spec.sources[0].topic, lambda r: set(files(r)) >= set(expected))
     finally:
         running.halt()
