@@ -52,7 +52,7 @@ demo: install
 	$(BIN)/dcnios broker --port 9092 $(DEMO_ARGS)
 
 bench: install
-	$(BIN)/python -m bench $(if $(QUICK),--quick,)
+	$(BIN)/python bench/run.py $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

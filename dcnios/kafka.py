@@ -145,7 +145,8 @@ class LatchedProducer:
     """A confluent-kafka Producer whose first delivery error is latched and re-raised.
 
     ``produce`` raises the latched error, so no record is silently lost behind a failed one.
-    ``on_delivery`` callbacks (per record) run on the thread that polls.
+    ``on_delivery`` callbacks (per record) run on the thread that calls ``poll``; callers poll
+    once per batch of records, not after each one (a poll costs more than a produce).
     """
 
     def __init__(self, conf: RdConf) -> None:
@@ -200,7 +201,6 @@ class LatchedProducer:
                 # The local queue is full: serve delivery reports until there is room.
                 self._producer.poll(0.1)
                 self.raise_latched()
-        self._producer.poll(0)
 
     def poll(self, timeout: float = 0.0) -> None:
         self._producer.poll(timeout)

@@ -69,7 +69,7 @@ class CheckpointStore:
             consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
             deadline = time.monotonic() + _LOAD_TIMEOUT
             while time.monotonic() < deadline:
-                msg = consumer.poll(0.5)
+                msg = consumer.poll(0.05)
                 if msg is None:
                     continue
                 if (err := msg.error()) is not None:

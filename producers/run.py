@@ -30,7 +30,7 @@ from dcnios.metrics import ProducerMetrics
 from dcnios.producers.checkpoint import Checkpoint, CheckpointStore
 from dcnios.producers.dcache_api import DCacheClient
 from dcnios.producers.records import Outcome, interpret, join_path
-from dcnios.producers.sse import Frame, iter_frames
+from dcnios.producers.sse import Frame, iter_frame_batches
 from dcnios.spec import PipelineSpec, SourceSpec
 from dcnios.storage_event import StorageEvent, now_millis
 from dcnios.topics import gaps_topic, invalid_topic
@@ -45,6 +45,10 @@ CLOCK_SKEW_MS: Final = 60_000
 _ATTACH_WAIT: Final = 2.0
 _REASON_HEADER: Final = "dcnios-reason"
 _NO_ID: Final = -1
+
+
+#: (stream generation, frames of one network chunk | how the stream ended, when it was read)
+_Item = tuple[int, list[Frame] | BaseException | None, int]
 
 
 class CompetingClientError(DcniosError):
@@ -112,7 +116,10 @@ class SourceRunner:
         self.watches: dict[str, str] = {}  # subscription URL -> directory
         self.last_received: int | None = None
         self.last_observed_ms = 0
-        self._frames: queue.Queue[tuple[int, Frame | BaseException | None, int]] = queue.Queue(maxsize=10_000)
+        self._frames: queue.Queue[_Item] = queue.Queue(maxsize=1_000)
+        self._label_cache: dict[tuple[int, str], Any] = {}
+        self._ack_latency = self.metrics.ack_latency.labels(source.name)
+        self._last_event_gauge = self.metrics.last_event_id.labels(source.name)
         self._generation = 0
         self._stream: requests.Response | None = None
         self._announced: set[str] = set()
@@ -142,8 +149,9 @@ class SourceRunner:
                 generation, payload, observed = item
                 if generation != self._generation:
                     continue  # left over from a stream that was replaced
-                if isinstance(payload, Frame):
-                    self._handle(payload, observed)
+                if isinstance(payload, list):
+                    for frame in payload:
+                        self._handle(frame, observed)
                     backoff = float(self.source.reconnect_backoff)
                     self._tick()
                     continue
@@ -261,8 +269,9 @@ class SourceRunner:
         deadline = time.monotonic() + _ATTACH_WAIT
         while created and not all(u in self._announced for u in created) and time.monotonic() < deadline:
             item = self._next_frame()
-            if item is not None and item[0] == self._generation and isinstance(item[1], Frame):
-                self._handle(item[1], item[2])
+            if item is not None and item[0] == self._generation and isinstance(item[1], list):
+                for frame in item[1]:
+                    self._handle(frame, item[2])
         return [self.watches[u] for u in created if u not in self._announced and u in self.watches]
 
     # -- SSE reader thread -----------------------------------------------------------------
@@ -285,8 +294,8 @@ class SourceRunner:
         try:
             response = self.client.open_stream(url, last_event_id)
             self._stream = response
-            for frame in iter_frames(response.iter_content(chunk_size=None)):
-                self._frames.put((generation, frame, now_millis()))
+            for batch in iter_frame_batches(response.iter_content(chunk_size=None)):
+                self._frames.put((generation, batch, now_millis()))
                 if generation != self._generation:
                     return
         except Exception as exc:  # any end of the stream, including a close() from the main thread
@@ -303,7 +312,7 @@ class SourceRunner:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
-    def _next_frame(self) -> tuple[int, Frame | BaseException | None, int] | None:
+    def _next_frame(self) -> _Item | None:
         try:
             return self._frames.get(timeout=0.1)
         except queue.Empty:
@@ -342,16 +351,15 @@ class SourceRunner:
 
     # -- frames ----------------------------------------------------------------------------
     def _handle(self, frame: Frame, observed: int) -> None:
-        name = self.source.name
         kind = (frame.event or b"?").decode("utf-8", "replace")
-        self.metrics.frames.labels(name, kind).inc()
+        self._metric(self.metrics.frames, kind).inc()
         outcomes = interpret(
             frame, source=self.source, channel_id=self.channel_id, watches=self.watches, observed_at=observed
         )
         event_id = next((o.event_id for o in outcomes if o.event_id is not None), None)
         if event_id is not None and event_id >= 0:
             self.last_received = event_id
-            self.metrics.last_event_id.labels(name).set(event_id)
+            self._last_event_gauge.set(event_id)
         sends: list[tuple[str, bytes, bytes | None, list[tuple[str, str | bytes | None]]]] = []
         for outcome in outcomes:
             sends.extend(self._apply(outcome, frame, observed))
@@ -368,7 +376,7 @@ class SourceRunner:
         if outcome.kind == "publish":
             assert outcome.event is not None
             for mask in outcome.event.mask:
-                self.metrics.events.labels(name, mask).inc()
+                self._metric(self.metrics.events, mask).inc()
             topic = self.source.topic_for(outcome.event.path)
             value, headers = self.codec.encode(outcome.event, topic)
             logger.debug("%s: %s %s -> %s", name, ",".join(outcome.event.mask), outcome.event.path, topic)
@@ -523,8 +531,16 @@ class SourceRunner:
     def _acked(self, token: Any, msg: Message) -> None:
         slot, topic, observed = token
         slot.pending -= 1
-        self.metrics.records.labels(self.source.name, topic).inc()
-        self.metrics.ack_latency.labels(self.source.name).observe(max(0, now_millis() - observed) / 1000)
+        self._metric(self.metrics.records, topic).inc()
+        self._ack_latency.observe(max(0, now_millis() - observed) / 1000)
+
+    def _metric(self, family: Any, label: str) -> Any:
+        # .labels() builds a key and takes a lock on every call; the hot path reuses children.
+        key = (id(family), label)
+        child = self._label_cache.get(key)
+        if child is None:
+            child = self._label_cache[key] = family.labels(self.source.name, label)
+        return child
 
     def _tick(self) -> None:
         self.producer.poll(0)

@@ -608,14 +608,23 @@ def _make_handler(emu: DCacheEmulator) -> type[BaseHTTPRequestHandler]:
                 if not emu.delay_headers:
                     self._stream_headers()
                     started = True
-                while True:
-                    frame = conn.frames.get()
-                    if frame is None:
-                        break
+                ended = False
+                while not ended:
+                    batch = [conn.frames.get()]
+                    # Frames queued meanwhile go out in one chunk; chunk boundaries mean nothing in SSE.
+                    while len(batch) < 512 and batch[-1] is not None:
+                        try:
+                            batch.append(conn.frames.get_nowait())
+                        except queue.Empty:
+                            break
+                    ended = batch[-1] is None
+                    chunk = b"".join(f for f in batch if f is not None)
+                    if not chunk:
+                        continue
                     if not started:
                         self._stream_headers()
                         started = True
-                    self.wfile.write(f"{len(frame):x}\r\n".encode() + frame + b"\r\n")
+                    self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
                     self.wfile.flush()
                 if started:
                     self.wfile.write(b"0\r\n\r\n")
