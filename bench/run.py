@@ -25,7 +25,8 @@ def render(results: list[Result], command: str) -> str:
     lines = [
         "# Benchmarks",
         "",
-        f"Made by `{command}` ({platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}),",
+        f"Made by `{command}` ({platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}),",
         f"{results[0].date if results else ''}. Every ceiling is measured in",
         "the same run as the figure it is compared with; the ratio is value / ceiling. Machine-readable:",
         "`bench/results.json`.",
