@@ -2,16 +2,58 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
-__all__ = ["ProducerMetrics", "serve_metrics"]
+__all__ = ["ConsumerMetrics", "ProducerMetrics", "serve_metrics"]
+
+Health = Callable[[], tuple[bool, dict[str, Any]]]
 
 
-def serve_metrics(registry: CollectorRegistry, port: int, addr: str = "127.0.0.1") -> None:
-    """Expose ``/metrics`` on ``addr:port`` from a daemon thread."""
-    start_http_server(port, addr=addr, registry=registry)
+def serve_metrics(
+    registry: CollectorRegistry, port: int, health: Health | None = None, addr: str = "127.0.0.1"
+) -> ThreadingHTTPServer:
+    """Serve ``/metrics`` (Prometheus) and ``/healthz`` (200 or 503 with a JSON body) from a thread."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # scrapes every few seconds would drown the log
+
+        def do_GET(self) -> None:
+            if self.path.startswith("/metrics"):
+                body, status, ctype = generate_latest(registry), 200, CONTENT_TYPE_LATEST
+            elif self.path.startswith("/healthz"):
+                ok, detail = health() if health is not None else (True, {})
+                body, status, ctype = (
+                    json.dumps({"ok": ok, **detail}).encode(),
+                    200 if ok else 503,
+                    "application/json",
+                )
+            else:
+                body, status, ctype = b"not found\n", 404, "text/plain"
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer((addr, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True, name="metrics").start()
+    return server
 
 
 class ProducerMetrics:
@@ -58,3 +100,46 @@ class ProducerMetrics:
         if event_id is not None:
             self.checkpoint_id.labels(source).set(event_id)
         self.checkpoint_time.labels(source).set(time.time())
+
+
+class ConsumerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        labels = ["consumer"]
+        self.invocations = Counter(
+            "dcnios_consumer_invocations", "OSCAR calls by outcome", [*labels, "status"], registry=r
+        )
+        self.latency = Histogram(
+            "dcnios_consumer_invocation_seconds",
+            "one OSCAR call",
+            labels,
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.in_flight = Gauge(
+            "dcnios_consumer_in_flight", "records admitted and not finished", labels, registry=r
+        )
+        self.retries = Counter("dcnios_consumer_retries", "retried OSCAR calls", labels, registry=r)
+        self.dlq = Counter(
+            "dcnios_consumer_dead_letters", "records sent to the DLQ", [*labels, "reason"], registry=r
+        )
+        self.skipped = Counter(
+            "dcnios_consumer_skipped", "records not invoked", [*labels, "reason"], registry=r
+        )
+        self.rate_limit = Gauge(
+            "dcnios_consumer_rate_limit", "this member's rate (events/s; -1 unlimited)", labels, registry=r
+        )
+        self.group_rate = Gauge(
+            "dcnios_consumer_group_rate_limit", "the group's rate (-1 unlimited)", labels, registry=r
+        )
+        self.achieved = Gauge(
+            "dcnios_consumer_achieved_rate", "invocations/s over the last 10 s", labels, registry=r
+        )
+        self.paused = Gauge("dcnios_consumer_paused", "1 while paused by `dcnios pause`", labels, registry=r)
+        self.lag = Gauge(
+            "dcnios_consumer_lag", "records not yet committed", [*labels, "topic", "partition"], registry=r
+        )
+        self.pending_jobs = Gauge(
+            "dcnios_consumer_pending_jobs", "Pending+Running jobs (max_pending_jobs)", labels, registry=r
+        )

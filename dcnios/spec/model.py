@@ -336,6 +336,9 @@ class ConsumerSpec:
         Duration(600), doc="drop replays of an event seen this recently (0 disables)"
     )
     drain_timeout: Duration = spec_field(Duration(30), doc="how long shutdown waits for in-flight calls")
+    librdkafka: Mapping[str, str] = spec_field(
+        MappingProxyType({}), doc="extra librdkafka settings of this group's members (e.g. session.timeout.ms)"
+    )
 
     @staticmethod
     def derive_defaults(values: dict[str, Any]) -> dict[str, Any]:

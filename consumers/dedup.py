@@ -1,0 +1,42 @@
+"""Drop records already invoked within a time window (producer replays after a crash)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+__all__ = ["DedupWindow"]
+
+
+class DedupWindow:
+    def __init__(
+        self, seconds: float, clock: Callable[[], float] = time.monotonic, max_keys: int = 1_000_000
+    ):
+        self.seconds = seconds
+        self._clock = clock
+        self._max = max_keys
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def first_time(self, key: str) -> bool:
+        """True the first time ``key`` is offered within the window (and remembers it)."""
+        if self.seconds <= 0:
+            return True
+        now = self._clock()
+        with self._lock:
+            while self._seen:
+                oldest, at = next(iter(self._seen.items()))
+                if now - at < self.seconds and len(self._seen) < self._max:
+                    break
+                del self._seen[oldest]
+            if key in self._seen:
+                return False
+            self._seen[key] = now
+            return True
+
+    def forget(self, key: str) -> None:
+        """Undo ``first_time`` (the record will come again, e.g. after a revoke)."""
+        with self._lock:
+            self._seen.pop(key, None)

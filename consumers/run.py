@@ -1,0 +1,516 @@
+"""One member of a consumer group: Kafka records in, OSCAR invocations out.
+
+Delivery guarantee: at least once. A partition's committed offset never passes a record that is
+not finished, where finished means invoked successfully, sent to the DLQ (acknowledged), filtered
+out, or dropped as a duplicate. Records with the same key (path) are invoked in order; different
+keys run in parallel, up to ``concurrency`` at a time. The group's rate is shared between members
+in proportion to their partitions, and ``dcnios rate|pause|resume`` change it at runtime.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+
+from dcnios.codec import StorageEventCodec
+from dcnios.consumers.dedup import DedupWindow
+from dcnios.consumers.oscar import (
+    Attempt,
+    OscarInvoker,
+    PendingJobsGate,
+    job_id_for,
+    payload_for,
+    traceparent_for,
+)
+from dcnios.consumers.ratelimit import RateLimiter, member_share
+from dcnios.consumers.tracking import OffsetTracker
+from dcnios.control import ControlFollower, ControlState
+from dcnios.errors import CodecError, DcniosError, KafkaError
+from dcnios.kafka import LatchedProducer, consumer_config, producer_config
+from dcnios.metrics import ConsumerMetrics
+from dcnios.spec import ConsumerSpec, PipelineSpec
+from dcnios.storage_event import StorageEvent, dedup_key, now_millis
+
+__all__ = ["ConsumerRunner"]
+
+logger = logging.getLogger(__name__)
+
+COMMIT_INTERVAL: Final = 1.0
+#: Admitted-but-unfinished records per process, as a multiple of concurrency, before pausing fetch.
+WINDOW_FACTOR: Final = 4
+_DLQ_TIMEOUT: Final = 60.0
+
+
+@dataclass(slots=True)
+class _Work:
+    msg: Message
+    event: StorageEvent
+    generation: int
+    first_attempt_ms: int = 0
+    attempts: int = 0
+
+
+@dataclass(slots=True)
+class _KeyQueue:
+    running: bool = False
+    waiting: deque[_Work] = field(default_factory=deque)
+
+
+class ConsumerRunner:
+    """Runs one member of ``consumers[name]``'s group until ``stop`` is set."""
+
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        consumer: ConsumerSpec,
+        *,
+        stop: threading.Event,
+        metrics: ConsumerMetrics | None = None,
+        invoker: OscarInvoker | None = None,
+        extra_config: dict[str, str] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.cs = consumer
+        self.stop = stop
+        self.metrics = metrics or ConsumerMetrics()
+        self.invoker = invoker or OscarInvoker(consumer.oscar, consumer.concurrency)
+        self.codec = StorageEventCodec(spec.kafka.schema_registry)
+        self.tracker = OffsetTracker()
+        self.dedup = DedupWindow(consumer.dedup_window)
+        self.limiter = RateLimiter(consumer.rate.per_second if consumer.rate else None)
+        self.gate = (
+            PendingJobsGate(consumer.oscar, consumer.oscar.max_pending_jobs)
+            if consumer.oscar.max_pending_jobs
+            else None
+        )
+        self.control = ControlState()
+        self.assignment: set[tuple[str, int]] = set()
+        self.total_partitions = 0
+        self.paused_fetch = False
+        self.ready = threading.Event()
+        self.last_tick = time.monotonic()
+        self._extra = extra_config or {}
+        self._lock = threading.Lock()
+        self._keys: dict[str, _KeyQueue] = {}
+        self._generation: dict[tuple[str, int], int] = {}
+        self._pool = ThreadPoolExecutor(
+            max_workers=consumer.concurrency, thread_name_prefix=f"oscar-{consumer.name}"
+        )
+        self._dlq = LatchedProducer(producer_config(spec.kafka))
+        self._poller_stop = threading.Event()
+        self._completions: deque[float] = deque()
+        self._active: dict[tuple[str, int], int] = {}
+        self._consumer: Consumer | None = None
+        self._m = {
+            name: getattr(self.metrics, name).labels(consumer.name)
+            for name in (
+                "latency",
+                "in_flight",
+                "retries",
+                "rate_limit",
+                "group_rate",
+                "achieved",
+                "paused",
+                "pending_jobs",
+            )
+        }
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def run(self) -> None:
+        follower = ControlFollower(self.spec.kafka, self.cs.name, self._on_control).start()
+        threads = [threading.Thread(target=self._poll_producer, daemon=True, name="dlq-poller")]
+        if self.gate is not None:
+            threads.append(threading.Thread(target=self._poll_jobs, daemon=True, name="jobs-poller"))
+        for thread in threads:
+            thread.start()
+        if not follower.caught_up.wait(30):
+            raise KafkaError("the control topic did not answer within 30s")
+        extra = {**self.cs.librdkafka, **self._extra}
+        conf = consumer_config(self.spec.kafka, self.cs.group or f"dcnios-{self.cs.name}", **extra)
+        consumer = self._consumer = Consumer(conf)
+        consumer.subscribe(
+            [self.cs.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+        )
+        last_commit = time.monotonic()
+        try:
+            while not self.stop.is_set():
+                self.last_tick = time.monotonic()
+                msgs = consumer.consume(500, 0.1)
+                for msg in msgs:
+                    self._admit(msg)
+                self._flow_control(consumer)
+                if time.monotonic() - last_commit >= COMMIT_INTERVAL:
+                    self._commit(consumer)
+                    self._update_gauges(consumer)
+                    last_commit = time.monotonic()
+        finally:
+            self._drain()
+            try:
+                self._commit(consumer)
+            finally:
+                consumer.close()
+                follower.stop()
+                self._poller_stop.set()
+                self._dlq.flush(30)
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                logger.info("%s: stopped", self.cs.name)
+
+    def _drain(self) -> None:
+        """Wait (bounded) for invocations under way; queued records stay uncommitted."""
+        deadline = time.monotonic() + self.cs.drain_timeout
+        while self._active_total() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        left = self._active_total()
+        if left:
+            logger.warning(
+                "%s: %d records still in flight after %.0fs; they will be redelivered",
+                self.cs.name,
+                left,
+                self.cs.drain_timeout,
+            )
+
+    # -- assignment ------------------------------------------------------------------------
+    def _active_total(self) -> int:
+        with self._lock:
+            return sum(self._active.values())
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        with self._lock:
+            for tp in partitions:
+                self.assignment.add((tp.topic, tp.partition))
+                self._generation[(tp.topic, tp.partition)] = (
+                    self._generation.get((tp.topic, tp.partition), 0) + 1
+                )
+        try:
+            md = consumer.list_topics(self.cs.topic, timeout=10)
+            self.total_partitions = len(md.topics[self.cs.topic].partitions)
+        except (KafkaException, KeyError):
+            self.total_partitions = max(self.total_partitions, len(self.assignment))
+        self._apply_rate()
+        self.ready.set()
+        logger.info("%s: assigned %s", self.cs.name, sorted(p for _, p in self.assignment))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = {(tp.topic, tp.partition) for tp in partitions}
+        with self._lock:
+            for key in keys:
+                self._generation[key] = self._generation.get(key, 0) + 1  # queued work is now stale
+        # Wait for invocations already under way; queued ones are stale now and will not start.
+        deadline = time.monotonic() + self.cs.drain_timeout
+        while any(self._active.get(k, 0) for k in keys) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self._commit(consumer, only=keys)
+        with self._lock:
+            for key in keys:
+                self.assignment.discard(key)
+                self.tracker.forget(*key)
+        self._apply_rate()
+        logger.info("%s: revoked %s", self.cs.name, sorted(p for _, p in keys))
+
+    # -- admission -------------------------------------------------------------------------
+    def _admit(self, msg: Message) -> None:
+        if (err := msg.error()) is not None:
+            if not err.retriable() and err.fatal():
+                raise KafkaError(f"{self.cs.name}: {err.str()}")
+            logger.debug("%s: consumer error %s", self.cs.name, err.str())
+            return
+        topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
+        key = (topic, partition)
+        if key not in self.assignment:
+            return
+        self.tracker.add(topic, partition, offset)
+        try:
+            event = self.codec.decode(msg.value(), msg.headers(), topic)
+        except CodecError as exc:
+            logger.error("%s: poison record %s[%d]@%d: %s", self.cs.name, topic, partition, offset, exc)
+            self._pool.submit(
+                functools.partial(
+                    self._dead_letter,
+                    msg,
+                    str(exc),
+                    status=None,
+                    attempts=0,
+                    first_ms=now_millis(),
+                    reason="poison",
+                )
+            )
+            return
+        if not self.cs.filter.accepts(event.path, event.mask):
+            self._skip(msg, "filtered")
+            return
+        if not self.dedup.first_time(dedup_key(event)):
+            self._skip(msg, "duplicate")
+            return
+        work = _Work(msg, event, self._generation.get(key, 0))
+        qkey = self._order_key(work)
+        with self._lock:
+            queue = self._keys.setdefault(qkey, _KeyQueue())
+            if queue.running:
+                queue.waiting.append(work)
+                return
+            queue.running = True
+        self._pool.submit(self._run_key, qkey, work)
+
+    def _order_key(self, work: _Work) -> str:
+        if self.cs.ordering == "key":
+            return work.event.path
+        if self.cs.ordering == "partition":
+            return f"{work.msg.topic()}[{work.msg.partition()}]"
+        return f"{work.msg.topic()}[{work.msg.partition()}]@{work.msg.offset()}"
+
+    def _skip(self, msg: Message, reason: str) -> None:
+        self.metrics.skipped.labels(self.cs.name, reason).inc()
+        self.tracker.done(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+
+    # -- workers ---------------------------------------------------------------------------
+    def _run_key(self, qkey: str, work: _Work) -> None:
+        """Invoke ``work``, then the records that queued behind it under the same key, in order."""
+        current: _Work | None = work
+        while current is not None:
+            try:
+                self._process(current)
+            except Exception:  # a bug must not wedge the key: the record stays uncommitted
+                logger.exception("%s: unexpected error on %s", self.cs.name, _where(current.msg))
+            with self._lock:
+                queue = self._keys[qkey]
+                if queue.waiting:
+                    current = queue.waiting.popleft()
+                else:
+                    queue.running = False
+                    del self._keys[qkey]
+                    current = None
+
+    def _stale(self, work: _Work) -> bool:
+        return self._generation.get((work.msg.topic() or "", work.msg.partition() or 0)) != work.generation
+
+    def _process(self, work: _Work) -> None:
+        key = (work.msg.topic() or "", work.msg.partition() or 0)
+        with self._lock:
+            if self._stale(work):
+                self.dedup.forget(dedup_key(work.event))
+                return
+            self._active[key] = self._active.get(key, 0) + 1
+        try:
+            self._invoke_with_retries(work)
+        finally:
+            with self._lock:
+                self._active[key] -= 1
+
+    def _invoke_with_retries(self, work: _Work) -> None:
+        msg, event, spec = work.msg, work.event, self.cs
+        body = payload_for(event, spec.payload)
+        headers = {"traceparent": traceparent_for(event)}
+        if spec.oscar.job_id == "deterministic":
+            headers["X-Delegated-Job-ID"] = job_id_for(event, spec.oscar.service)
+        work.first_attempt_ms = now_millis()
+        backoff = float(spec.retry.initial_backoff)
+        attempt: Attempt | None = None
+        give_up = False
+        while not self.stop.is_set() and not self._stale(work):
+            if not self._wait_for_turn():
+                break
+            work.attempts += 1
+            started = time.perf_counter()
+            attempt = self.invoker.invoke(body, headers)
+            self._m["latency"].observe(time.perf_counter() - started)
+            label = str(attempt.status) if attempt.status is not None else "error"
+            self.metrics.invocations.labels(spec.name, label).inc()
+            if attempt.ok:
+                self._finished(msg)
+                return
+            if not attempt.retryable or work.attempts >= spec.retry.max_attempts:
+                give_up = True
+                break
+            self._m["retries"].inc()
+            delay = attempt.retry_after if attempt.retry_after is not None else backoff
+            delay = min(delay, float(spec.retry.max_backoff)) * random.uniform(0.8, 1.0)  # noqa: S311
+            logger.warning(
+                "%s: %s failed (%s), attempt %d/%d, retrying in %.2fs",
+                spec.name,
+                _where(msg),
+                attempt.error,
+                work.attempts,
+                spec.retry.max_attempts,
+                delay,
+            )
+            backoff = min(backoff * 2, float(spec.retry.max_backoff))
+            if self.stop.wait(delay):
+                break
+        if not give_up or attempt is None:
+            # Stopped or revoked before a verdict: leave it uncommitted; it will be redelivered.
+            self.dedup.forget(dedup_key(event))
+            return
+        logger.error(
+            "%s: %s gave up after %d attempts: %s", spec.name, _where(msg), work.attempts, attempt.error
+        )
+        self._dead_letter(
+            msg,
+            attempt.error,
+            status=attempt.status,
+            attempts=work.attempts,
+            first_ms=work.first_attempt_ms,
+            reason="failed",
+        )
+
+    def _wait_for_turn(self) -> bool:
+        while self.control.paused:
+            if self.stop.wait(0.1):
+                return False
+        if self.gate is not None and not self.gate.wait_for_room(self.stop):
+            return False
+        return self.limiter.acquire(self.stop)
+
+    def _finished(self, msg: Message) -> None:
+        self.tracker.done(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+        with self._lock:
+            self._completions.append(time.monotonic())
+
+    def _dead_letter(
+        self, msg: Message, error: str, *, status: int | None, attempts: int, first_ms: int, reason: str
+    ) -> None:
+        headers: list[tuple[str, str | bytes | None]] = list(_headers(msg))
+        headers += [
+            ("dcnios-error", error.encode("utf-8", "replace")[:2000]),
+            ("dcnios-http-status", str(status or "").encode()),
+            ("dcnios-attempts", str(attempts).encode()),
+            ("dcnios-first-attempt-ms", str(first_ms).encode()),
+            ("dcnios-last-attempt-ms", str(now_millis()).encode()),
+            ("dcnios-topic", (msg.topic() or "").encode()),
+            ("dcnios-partition", str(msg.partition()).encode()),
+            ("dcnios-offset", str(msg.offset()).encode()),
+            ("dcnios-consumer", self.cs.name.encode()),
+        ]
+        acked = threading.Event()
+        assert self.cs.dead_letter_topic is not None
+        self._dlq.produce(
+            self.cs.dead_letter_topic,
+            msg.value(),
+            key=msg.key(),
+            headers=headers,
+            on_delivery=lambda _t, _m: acked.set(),
+        )
+        if not acked.wait(_DLQ_TIMEOUT):
+            logger.error(
+                "%s: DLQ write for %s not acknowledged; leaving it uncommitted", self.cs.name, _where(msg)
+            )
+            return
+        self.metrics.dlq.labels(self.cs.name, reason).inc()
+        self.tracker.done(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+
+    # -- background ------------------------------------------------------------------------
+    def _poll_producer(self) -> None:
+        while not self._poller_stop.is_set():
+            try:
+                self._dlq.poll(0.05)
+            except DcniosError as exc:
+                logger.error("%s: DLQ producer: %s", self.cs.name, exc)
+                self.stop.set()
+                return
+
+    def _poll_jobs(self) -> None:
+        assert self.gate is not None
+        while not self._poller_stop.is_set():
+            self.gate.poll_once()
+            self._m["pending_jobs"].set(self.gate.active)
+            self._poller_stop.wait(float(self.cs.oscar.pending_poll_interval))
+
+    # -- flow control, rate, commits -------------------------------------------------------
+    def _flow_control(self, consumer: Consumer) -> None:
+        window = self.cs.concurrency * WINDOW_FACTOR
+        in_flight = self.tracker.total_in_flight()
+        self._m["in_flight"].set(in_flight)
+        want_pause = in_flight >= window or self.control.paused
+        if want_pause != self.paused_fetch:
+            parts = [TopicPartition(t, p) for t, p in self.assignment]
+            if parts:
+                (consumer.pause if want_pause else consumer.resume)(parts)
+            self.paused_fetch = want_pause
+
+    def _on_control(self, state: ControlState) -> None:
+        self.control = state
+        self._m["paused"].set(1 if state.paused else 0)
+        self._apply_rate()
+        logger.info(
+            "%s: control: rate=%s paused=%s",
+            self.cs.name,
+            state.rate if state.rate_set else f"{self.cs.rate or 'unlimited'} (spec)",
+            state.paused,
+        )
+
+    def group_rate(self) -> float | None:
+        """The group's rate now: the control topic's, else the spec's; None is unlimited."""
+        rate = self.control.rate if self.control.rate_set else self.cs.rate
+        return rate.per_second if rate is not None else None
+
+    def _apply_rate(self) -> None:
+        group = self.group_rate()
+        mine = None if group is None else member_share(group, len(self.assignment), self.total_partitions)
+        self.limiter.set_rate(mine)
+        self._m["rate_limit"].set(-1 if mine is None else mine)
+        self._m["group_rate"].set(-1 if group is None else group)
+
+    def _commit(self, consumer: Consumer, only: set[tuple[str, int]] | None = None) -> None:
+        positions = {k: v for k, v in self.tracker.to_commit().items() if only is None or k in only}
+        if not positions:
+            return
+        offsets = [TopicPartition(t, p, pos) for (t, p), pos in positions.items()]
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            logger.warning("%s: commit failed (%s); will retry", self.cs.name, exc.args[0].str())
+            return
+        self.tracker.committed(positions)
+        logger.debug("%s: committed %s", self.cs.name, positions)
+
+    def _update_gauges(self, consumer: Consumer) -> None:
+        now = time.monotonic()
+        with self._lock:
+            while self._completions and now - self._completions[0] > 10:
+                self._completions.popleft()
+            achieved = len(self._completions) / 10
+        self._m["achieved"].set(achieved)
+        for topic, partition in list(self.assignment):
+            try:
+                _low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=1, cached=False
+                )
+            except KafkaException:
+                continue
+            fetched = self.tracker.fetched(topic, partition)
+            position = self.tracker.position(topic, partition)
+            # Some brokers (Tansu) under-report the high watermark; what we fetched is a floor we trust.
+            end = max(high, fetched or 0)
+            lag = end - position if position is not None else end
+            self.metrics.lag.labels(self.cs.name, topic, str(partition)).set(max(0, lag))
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        stalled = time.monotonic() - self.last_tick > 30
+        return (
+            self.ready.is_set() and not stalled,
+            {
+                "consumer": self.cs.name,
+                "assigned": sorted(p for _, p in self.assignment),
+                "in_flight": self.tracker.total_in_flight(),
+                "paused": self.control.paused,
+                "rate_limit": self.limiter.rate,
+                "poll_loop_stalled": stalled,
+            },
+        )
+
+
+def _headers(msg: Message) -> list[tuple[str, str | bytes | None]]:
+    raw = msg.headers() or []
+    return list(raw.items()) if isinstance(raw, dict) else list(raw)
+
+
+def _where(msg: Message) -> str:
+    return f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"

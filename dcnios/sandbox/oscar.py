@@ -1,0 +1,338 @@
+"""An emulator of the OSCAR manager API, written from shared/reference/oscar-api.md (§13 checklist).
+
+It serves the tests and ``dcnios sandbox``; the pipeline never imports it. Version modes:
+``"3"`` (unknown service → 404 before auth; PUT rotates the token), ``"4"`` (unknown service with
+a 64-char token → 401) and ``"4.1"`` (adds ``X-Delegated-Job-ID`` as the job name).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Final
+from urllib.parse import unquote, urlsplit
+
+__all__ = ["Call", "Job", "OscarEmulator"]
+
+logger = logging.getLogger(__name__)
+_DNS_LABEL: Final = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+#: A fault decides what one /job or /run call gets: None (normal), an HTTP status, or "timeout".
+Fault = Callable[["Call"], int | str | None]
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+    status: int = 0
+
+
+@dataclass
+class Job:
+    name: str
+    service: str
+    event: bytes
+    created: float
+    status: str = "Pending"
+    start: float | None = None
+    finish: float | None = None
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class _Service:
+    definition: dict[str, Any]
+    token: str
+    jobs: dict[str, Job] = field(default_factory=dict)
+
+
+class OscarEmulator:
+    """An OSCAR cluster on 127.0.0.1. Jobs go Pending → Running → Succeeded on a timer."""
+
+    def __init__(
+        self,
+        *,
+        version: str = "4.1",
+        admin: tuple[str, str] = ("oscar", "oscar123"),
+        port: int = 0,
+        latency: float = 0.0,
+        job_duration: float | None = 0.0,
+        pending_time: float = 0.0,
+    ) -> None:
+        self.version = version
+        self.admin = admin
+        self.latency = latency
+        self.job_duration = job_duration  # None: jobs stay Running until finish_jobs()
+        self.pending_time = pending_time
+        self.lock = threading.RLock()
+        self.services: dict[str, _Service] = {}
+        self.calls: list[Call] = []
+        self.fault: Fault | None = None
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), _make_handler(self))
+        self._server.daemon_threads = True
+        self._server.request_queue_size = 256
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def endpoint(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> OscarEmulator:
+        threading.Thread(target=self._server.serve_forever, daemon=True, name="oscar-emu").start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> OscarEmulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- hooks -----------------------------------------------------------------------------
+    def add_service(self, name: str, **definition: Any) -> str:
+        """Create a service as POST /system/services would; returns its token."""
+        token = secrets.token_hex(32)
+        full = {
+            "name": name,
+            "image": "ghcr.io/grycap/imagemagick",
+            "script": "echo",
+            "cpu": "0.2",
+            "memory": "256Mi",
+            "log_level": "INFO",
+            "visibility": "private",
+            "owner": "cluster_admin",
+            **definition,
+            "token": token,
+        }
+        with self.lock:
+            self.services[name] = _Service(full, token)
+        return token
+
+    def rotate_token(self, name: str) -> str:
+        """What PUT /system/services does on OSCAR <= 3.7: a new token."""
+        with self.lock:
+            service = self.services[name]
+            service.token = secrets.token_hex(32)
+            service.definition["token"] = service.token
+            return service.token
+
+    def jobs(self, service: str) -> list[Job]:
+        with self.lock:
+            self.advance()
+            return list(self.services[service].jobs.values())
+
+    def job_calls(self, service: str | None = None) -> list[Call]:
+        """Accepted (201) job submissions, in arrival order."""
+        with self.lock:
+            return [
+                c
+                for c in self.calls
+                if c.path.startswith("/job/")
+                and c.status == 201
+                and (service is None or c.path == f"/job/{service}")
+            ]
+
+    def finish_jobs(self, service: str, status: str = "Succeeded") -> None:
+        with self.lock:
+            for job in self.services[service].jobs.values():
+                if job.status in ("Pending", "Running"):
+                    job.status, job.finish = status, time.time()
+
+    def advance(self) -> None:
+        now = time.time()
+        for service in self.services.values():
+            for job in service.jobs.values():
+                if job.status == "Pending" and now - job.created >= self.pending_time:
+                    job.status, job.start = "Running", now
+                if (
+                    job.status == "Running"
+                    and self.job_duration is not None
+                    and job.start is not None
+                    and now - job.start >= self.job_duration
+                ):
+                    job.status, job.finish = "Succeeded", now
+
+
+def _make_handler(emu: OscarEmulator) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "oscar-emulator"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            logger.debug("%s %s", self.address_string(), format % args)
+
+        def _send(
+            self,
+            status: int,
+            body: bytes = b"",
+            ctype: str | None = None,
+            headers: dict[str, str] | None = None,
+        ) -> None:
+            self.send_response(status)
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            if ctype:
+                self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if body:
+                self.wfile.write(body)
+
+        def _text(self, status: int, text: str) -> None:
+            self._send(status, text.encode(), "text/plain; charset=utf-8")
+
+        def _json(self, status: int, obj: Any) -> None:
+            self._send(status, json.dumps(obj).encode(), "application/json; charset=utf-8")
+
+        def _basic_ok(self) -> bool:
+            header = self.headers.get("Authorization", "")
+            if not header.startswith("Basic "):
+                return False
+            try:
+                user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                return False
+            return (user, password) == emu.admin
+
+        def _dispatch(self) -> None:
+            path = unquote(urlsplit(self.path).path)
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            call = Call(self.command, path, dict(self.headers.items()), body, time.time())
+            with emu.lock:
+                emu.calls.append(call)
+            status = self._route(call)
+            call.status = status
+
+        do_GET = do_POST = do_PUT = do_DELETE = _dispatch
+
+        def _route(self, call: Call) -> int:
+            path, method = call.path, call.method
+            if path == "/health" and method == "GET":
+                self._text(200, "Ok")
+                return 200
+            if path.startswith(("/job/", "/run/")) and method == "POST":
+                return self._invoke(call, path.split("/")[1], path.split("/", 2)[2])
+            if path.startswith("/system/"):
+                if not self._basic_ok():
+                    # gin BasicAuth: 401, realm header, empty body (OIDC disabled here).
+                    self._send(401, headers={"WWW-Authenticate": 'Basic realm="Authorization Required"'})
+                    return 401
+                return self._system(call, path[len("/system/") :], method)
+            self._text(404, "404 page not found")
+            return 404
+
+        def _system(self, call: Call, rest: str, method: str) -> int:
+            parts = rest.split("/")
+            with emu.lock:
+                if parts == ["info"] and method == "GET":
+                    self._json(
+                        200,
+                        {
+                            "version": f"v{emu.version}",
+                            "git_commit": "emulator",
+                            "architecture": "amd64",
+                            "kubernetes_version": "v1.30.0",
+                        },
+                    )
+                    return 200
+                if parts[0] == "services" and len(parts) == 2 and method == "GET":
+                    service = emu.services.get(parts[1])
+                    if service is None:
+                        self._send(404)
+                        return 404
+                    self._json(200, service.definition)
+                    return 200
+                if parts[0] == "services" and len(parts) == 1 and method == "GET":
+                    self._json(200, [s.definition for s in emu.services.values()])
+                    return 200
+                if parts[0] == "logs" and len(parts) == 2 and method == "GET":
+                    service = emu.services.get(parts[1])
+                    if service is None:
+                        self._send(404)
+                        return 404
+                    emu.advance()
+                    jobs = {
+                        j.name: {
+                            k: v
+                            for k, v in (
+                                ("status", j.status),
+                                ("creation_time", _iso(j.start)),
+                                ("start_time", _iso(j.start)),
+                                ("finish_time", _iso(j.finish)),
+                            )
+                            if v is not None
+                        }
+                        for j in service.jobs.values()
+                    }
+                    self._json(200, {"jobs": jobs})
+                    return 200
+            self._text(404, "404 page not found")
+            return 404
+
+        def _invoke(self, call: Call, kind: str, name: str) -> int:
+            if emu.latency:
+                time.sleep(emu.latency)
+            fault = emu.fault(call) if emu.fault is not None else None
+            if fault == "timeout":
+                time.sleep(3600)  # the client's read timeout fires first
+                return 0
+            if isinstance(fault, int):
+                self._text(fault, f"injected failure {fault}")
+                return fault
+            with emu.lock:
+                service = emu.services.get(name)
+                if service is None and emu.version.startswith("3"):
+                    self._send(404)  # v3 looks the service up before checking auth
+                    return 404
+                header = call.headers.get("Authorization", "")
+                parts = header.split("Bearer ")
+                if len(parts) != 2 or parts[0]:
+                    self._send(401)
+                    return 401
+                token = parts[1].strip()
+                if len(token) != 64:
+                    # Not a service token: parsed as an OIDC JWT, which a garbage value is not (502 quirk).
+                    self._text(502, "token contains an invalid number of segments")
+                    return 502
+                if service is None or service.token != token:
+                    self._send(401)
+                    return 401
+                if kind == "run":
+                    self._text(200, base64.b64encode(call.body).decode())
+                    return 200
+                job_name = f"{name[:16] if len(name) >= 25 else name}-{uuid.uuid4()}"
+                delegated = call.headers.get("X-Delegated-Job-ID")
+                if delegated is not None and emu.version.startswith("4.1"):
+                    if not _DNS_LABEL.match(delegated):
+                        self._text(500, f'Job.batch "{delegated}" is invalid: metadata.name: Invalid value')
+                        return 500
+                    if delegated in service.jobs:
+                        self._text(500, f'jobs.batch "{delegated}" already exists')
+                        return 500
+                    job_name = delegated
+                service.jobs[job_name] = Job(job_name, name, call.body, time.time())
+            self._send(201)
+            return 201
+
+    return Handler

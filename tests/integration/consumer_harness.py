@@ -1,0 +1,112 @@
+"""Helpers for consumer tests: a spec against the OSCAR emulator, record production, runners."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from dcnios.codec import StorageEventCodec
+from dcnios.consumers.run import ConsumerRunner
+from dcnios.kafka import ensure_topics
+from dcnios.spec import PipelineSpec, load_spec
+from dcnios.storage_event import StorageEvent, now_millis
+from dcnios.topics import topic_plan
+
+
+def consumer_spec(tmp_path: Path, bootstrap: str, oscar: str, prefix: str, *, token: str | None = None,
+                  extra: str = "", oscar_extra: str = "", partitions: int = 6) -> PipelineSpec:  # fmt: skip
+    """``extra`` lines (consumer keys) and ``oscar_extra`` (", key: value") override the defaults."""
+    auth = f"token: '{token}'" if token else "username: oscar, password: oscar123"
+    oscar_fields = {"timeout": "2s", "connect_timeout": "2s"}
+    for item in filter(None, (part.strip() for part in oscar_extra.split(","))):
+        key, _, value = item.partition(":")
+        oscar_fields[key.strip()] = value.strip()
+    fields = {
+        "group": f"{prefix}-svc",
+        "retry": "{max_attempts: 4, initial_backoff: 20ms, max_backoff: 100ms}",
+        "concurrency": "8",
+        # A group's first join takes about half the session timeout on Tansu: keep it short.
+        "librdkafka": "{session.timeout.ms: '6000', heartbeat.interval.ms: '500'}",
+    }
+    for line in filter(None, (ln.strip() for ln in extra.splitlines())):
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    oscar_text = ", ".join(f"{k}: {v}" for k, v in oscar_fields.items())
+    consumer_text = "".join(f"    {k}: {v}\n" for k, v in fields.items())
+    text = f"""\
+kafka:
+  bootstrap_servers: "{bootstrap}"
+  internal_prefix: {prefix}
+  topic_defaults: {{partitions: {partitions}}}
+consumers:
+  - name: svc
+    topic: {prefix}.events
+    oscar: {{endpoint: "{oscar}", service: grayify, {auth}, {oscar_text}}}
+{consumer_text}"""
+    path = tmp_path / f"{prefix}.yaml"
+    path.write_text(text)
+    spec = load_spec(path)
+    ensure_topics(spec.kafka, topic_plan(spec))
+    return spec
+
+
+def event(i: int, path: str | None = None, channel: str = "ch") -> StorageEvent:
+    path = path or f"/data/in/f{i:05d}.png"
+    return StorageEvent("src", path, path.rsplit("/", 1)[1], ("IN_CLOSE_WRITE",), None, False, channel, i,
+                        f"http://d/api/v1/events/channels/{channel}/subscriptions/inotify/AAB", now_millis())  # fmt: skip
+
+
+def produce(bootstrap: str, topic: str, events: list[StorageEvent]) -> None:
+    codec = StorageEventCodec()
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for ev in events:
+        value, headers = codec.encode(ev, topic)
+        producer.produce(topic, value, ev.key, headers=headers)
+    assert producer.flush(30) == 0
+
+
+def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        return {tp.partition: max(tp.offset, 0) for tp in tps}  # never committed: -1001
+    finally:
+        consumer.close()
+
+
+def invoked_names(calls: list) -> list[str]:  # type: ignore[type-arg]
+    return [json.loads(c.body)["event"]["name"] for c in calls]
+
+
+@dataclass
+class Running:
+    runner: ConsumerRunner
+    stop: threading.Event
+    thread: threading.Thread
+    errors: list[BaseException]
+
+    def halt(self, timeout: float = 60) -> None:
+        self.stop.set()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "consumer did not stop"
+
+
+def start(spec: PipelineSpec) -> Running:
+    stop = threading.Event()
+    runner = ConsumerRunner(spec, spec.consumers[0], stop=stop)  # fmt: skip
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            runner.run()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=work, daemon=True, name=f"consumer-{uuid.uuid4().hex[:4]}")
+    thread.start()
+    return Running(runner, stop, thread, errors)

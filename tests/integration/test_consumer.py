@@ -1,0 +1,424 @@
+"""dcnios-consumer against the OSCAR emulator and the real broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+from consumer_harness import committed, consumer_spec, event, invoked_names, produce, start
+from producer_harness import read_topic, wait_for
+
+from dcnios.cli import main as dcnios_main
+from dcnios.control import write_control
+from dcnios.sandbox.oscar import Call, OscarEmulator
+from dcnios.storage_event import dcache_envelope
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def oscar() -> Iterator[OscarEmulator]:
+    with OscarEmulator() as emu:
+        emu.add_service("grayify")
+        yield emu
+
+
+def test_every_record_invoked_exactly_once(
+    bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    prefix = unique("c")
+    token = oscar.services["grayify"].token
+    spec = consumer_spec(tmp_path, bootstrap, oscar.endpoint, prefix, token=token)
+    events = [event(i) for i in range(200)]
+    produce(bootstrap, f"{prefix}.events", events)
+    running = start(spec)
+    try:
+        wait_for(lambda: len(oscar.jobs("grayify")) >= 200, 60)
+        wait_for(
+            lambda: sum(committed(bootstrap, f"{prefix}-svc", f"{prefix}.events", 6).values()) == 200, 30
+        )
+    finally:
+        running.halt()
+    calls = oscar.job_calls("grayify")
+    assert sorted(invoked_names(calls)) == sorted(e.name or "" for e in events)
+    by_name = {json.loads(c.body)["event"]["name"]: c for c in calls}
+    first = by_name["f00000.png"]
+    assert first.body == dcache_envelope(events[0])  # the byte-exact dCache envelope, not base64
+    assert first.headers["Authorization"] == f"Bearer {token}"
+    assert first.headers["Content-Type"] == "application/json"
+    assert first.headers["traceparent"].startswith("00-") and len(first.headers["traceparent"]) == 55
+    assert not running.errors
+
+
+def test_keys_run_in_parallel_each_in_order(
+    bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    prefix = unique("c")
+    spec = consumer_spec(tmp_path, bootstrap, oscar.endpoint, prefix, token=oscar.services["grayify"].token,
+                         partitions=1, extra="payload: record")  # fmt: skip
+    overlap = {"now": 0, "max": 0}
+    lock = threading.Lock()
+
+    def slow(call: Call) -> None:
+        with lock:
+            overlap["now"] += 1
+            overlap["max"] = max(overlap["max"], overlap["now"])
+        time.sleep(0.02)
+        with lock:
+            overlap["now"] -= 1
+
+    oscar.fault = slow  # type: ignore[assignment]
+    # 12 keys in ONE partition: key ordering still lets different paths run side by side.
+    events = [event(i, path=f"/data/in/k{i % 12}.png") for i in range(240)]
+    produce(bootstrap, f"{prefix}.events", events)
+    running = start(spec)
+    try:
+        wait_for(lambda: len(oscar.jobs("grayify")) >= 240, 60)
+    finally:
+        running.halt()
+    seen: dict[str, list[int]] = defaultdict(list)
+    for call in oscar.job_calls("grayify"):
+        record = json.loads(call.body)
+        seen[record["path"]].append(record["event_id"])
+    assert {k: len(v) for k, v in seen.items()} == {f"/data/in/k{i}.png": 20 for i in range(12)}
+    for ids in seen.values():
+        assert ids == sorted(ids)
+    assert overlap["max"] > 1  # within one partition, several keys were in flight at once
+
+
+def test_order_of_same_key_follows_offsets(
+    bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    prefix = unique("c")
+    spec = consumer_spec(tmp_path, bootstrap, oscar.endpoint, prefix, token=oscar.services["grayify"].token,
+                         partitions=1, extra="    ordering: key\n    payload: record\n")  # fmt: skip
+    rng = random.Random(3)
+    oscar.fault = lambda call: time.sleep(rng.uniform(0, 0.005))  # type: ignore[func-returns-value]
+    events = [event(i, path=f"/data/in/k{i % 5}.png") for i in range(100)]
+    produce(bootstrap, f"{prefix}.events", events)
+    running = start(spec)
+    try:
+        wait_for(lambda: len(oscar.jobs("grayify")) >= 100, 60)
+    finally:
+        running.halt()
+    seen: dict[str, list[int]] = defaultdict(list)
+    for call in oscar.job_calls("grayify"):
+        record = json.loads(call.body)  # payload: record carries the full path and event id
+        seen[record["path"]].append(record["event_id"])
+    for ids in seen.values():
+        assert ids == sorted(ids)
+    assert sum(len(v) for v in seen.values()) == 100
+
+
+def test_commits_never_pass_an_unfinished_record(
+    bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    prefix = unique("c")
+    spec = consumer_spec(
+        tmp_path,
+        bootstrap,
+        oscar.endpoint,
+        prefix,
+        token=oscar.services["grayify"].token,
+        partitions=1,
+        extra="    retry: {max_attempts: 1000, initial_backoff: 20ms, max_backoff: 50ms}\n",
+    )
+    release = threading.Event()
+    oscar.fault = lambda call: None if release.is_set() or b"f00010" not in call.body else 503
+    produce(bootstrap, f"{prefix}.events", [event(i) for i in range(30)])
+    running = start(spec)
+    try:
+        wait_for(lambda: len(oscar.jobs("grayify")) >= 29, 60)
+        time.sleep(1.5)  # let two commit intervals pass while f00010 keeps failing
+        assert committed(bootstrap, f"{prefix}-svc", f"{prefix}.events", 1)[0] == 10
+        release.set()
+        wait_for(lambda: committed(bootstrap, f"{prefix}-svc", f"{prefix}.events", 1)[0] == 30, 30)
+    finally:
+        release.set()
+        running.halt()
+
+
+def test_failures_end_invoked_or_in_dlq(
+    bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    prefix = unique("c")
+    spec = consumer_spec(tmp_path, bootstrap, oscar.endpoint, prefix, token=oscar.services["grayify"].token,
+                         oscar_extra=", timeout: 300ms")  # fmt: skip
+    rng = random.Random(11)
+    lock = threading.Lock()
+
+    def flaky(call: Call) -> int | str | None:
+        with lock:
+            roll = rng.random()
+        if roll < 0.25:
+            return rng.choice([500, 502, 503, 504])
+        if roll < 0.30:
+            return "timeout"
+        return None
+
+    oscar.fault = flaky
+    events = [event(i) for i in range(150)]
+    produce(bootstrap, f"{prefix}.events", events)
+    running = start(spec)
+    try:
+        wait_for(
+            lambda: sum(committed(bootstrap, f"{prefix}-svc", f"{prefix}.events", 6).values()) == 150, 90
+        )
+        dead_letters = int(running.runner.metrics.dlq.labels("svc", "failed")._value.get())
+        dlq = read_topic(bootstrap, f"{prefix}.events.dlq", lambda r: len(r) >= dead_letters, timeout=30)
+    finally:
+        running.halt()
+    invoked = set(invoked_names(oscar.job_calls("grayify")))
+    dead = {e.name for e in dlq}
+    assert invoked | dead == {e.name for e in events}
+    assert running.runner.metrics.retries.labels("svc")._value.get() > 20
+
+
+def test_non_retryable_and_poison_go_to_dlq_with_headers(
+    bootstrap: str, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    prefix = unique("c")
+    with OscarEmulator(version="3") as oscar:  # v3: unknown service is 404, not retried
+        spec = consumer_spec(tmp_path, bootstrap, oscar.endpoint, prefix, token="a" * 64)
+        produce(bootstrap, f"{prefix}.events", [event(1)])
+        producer = Producer({"bootstrap.servers": bootstrap})
+        producer.produce(f"{prefix}.events", b"garbage", b"/data/in/poison", partition=0)
+        producer.flush(10)
+        running = start(spec)
+        try:
+            got: list = []  # type: ignore[type-arg]
+            wait_for(lambda: len(got.__iadd__(_dlq_raw(bootstrap, f"{prefix}.events.dlq")) or got) >= 2, 60)
+        finally:
+            running.halt()
+    headers = {h["dcnios-http-status"]: h for _, h in got[:2]}
+    assert set(headers) == {b"404", b""}
+    assert headers[b"404"]["dcnios-attempts"] == b"1"
+    assert headers[b"404"]["dcnios-error"].startswith(b"HTTP 404")
+    assert b"no dcnios-schema header" in headers[b""]["dcnios-error"]
+    assert headers[b"404"]["dcnios-topic"] == f"{prefix}.events".encode()
+
+
+def _dlq_raw(bootstrap: str, topic: str) -> list:  # type: ignore[type-arg]
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "dlq-reader"})
+    md = consumer.list_topics(topic, timeout=10).topics[topic]
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.partitions])
+    out = []
+    try:
+        for _ in range(10):
+            msg = consumer.poll(0.2)
+            if msg is not None and msg.error() is None:
+                out.append((msg.value(), dict(msg.headers() or [])))
+    finally:
+        consumer.close()
+    return out
+
+
+def test_token_rotation_refetches_once(
+    bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    prefix = unique("c")
+    spec = consumer_spec(tmp_path, bootstrap, oscar.endpoint, prefix)  # username/password: token fetched
+    produce(bootstrap, f"{prefix}.events", [event(i) for i in range(20)])
+    running = start(spec)
+    try:
+        wait_for(lambda: len(oscar.jobs("grayify")) >= 20, 60)
+        oscar.rotate_token("grayify")
+        produce(bootstrap, f"{prefix}.events", [event(i) for i in range(20, 40)])
+        wait_for(lambda: len(oscar.jobs("grayify")) >= 40, 60)
+    finally:
+        running.halt()
+    lookups = [c for c in oscar.calls if c.path == "/system/services/grayify"]
+    assert len(lookups) == 2
+    assert sum(1 for c in oscar.calls if c.path == "/job/grayify" and c.status == 401) >= 1
+
+
+def test_deterministic_job_ids_make_replays_harmless(
+    bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    prefix = unique("c")
+    spec = consumer_spec(tmp_path, bootstrap, oscar.endpoint, prefix, token=oscar.services["grayify"].token,
+                         oscar_extra=", job_id: deterministic", extra="    dedup_window: 0s\n")  # fmt: skip
+    events = [event(i) for i in range(10)]
+    produce(bootstrap, f"{prefix}.events", events + events)  # a producer replay
+    running = start(spec)
+    try:
+        wait_for(lambda: sum(committed(bootstrap, f"{prefix}-svc", f"{prefix}.events", 6).values()) == 20, 60)
+    finally:
+        running.halt()
+    assert len(oscar.jobs("grayify")) == 10
+    assert sum(1 for c in oscar.calls if c.status == 500) == 10
+    assert running.runner.metrics.dlq.labels("svc", "failed")._value.get() == 0
+
+
+def test_dedup_window_drops_producer_replays(
+    bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    prefix = unique("c")
+    spec = consumer_spec(tmp_path, bootstrap, oscar.endpoint, prefix, token=oscar.services["grayify"].token)
+    events = [event(i) for i in range(10)]
+    produce(bootstrap, f"{prefix}.events", events + events)
+    running = start(spec)
+    try:
+        wait_for(lambda: sum(committed(bootstrap, f"{prefix}-svc", f"{prefix}.events", 6).values()) == 20, 60)
+    finally:
+        running.halt()
+    assert Counter(invoked_names(oscar.job_calls("grayify"))) == Counter(e.name for e in events)
+
+
+def test_filter_skips_and_commits(
+    bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    prefix = unique("c")
+    spec = consumer_spec(tmp_path, bootstrap, oscar.endpoint, prefix, token=oscar.services["grayify"].token,
+                         extra="    filter: {paths: ['/data/in/**/*.png']}\n")  # fmt: skip
+    produce(
+        bootstrap,
+        f"{prefix}.events",
+        [event(1), event(2, path="/data/in/x.txt"), event(3, "/data/in/a/b.png")],
+    )
+    running = start(spec)
+    try:
+        wait_for(lambda: sum(committed(bootstrap, f"{prefix}-svc", f"{prefix}.events", 6).values()) == 3, 60)
+    finally:
+        running.halt()
+    assert sorted(invoked_names(oscar.job_calls("grayify"))) == ["b.png", "f00001.png"]
+
+
+def test_max_pending_jobs_holds_and_releases(
+    bootstrap: str, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    prefix = unique("c")
+    with OscarEmulator(job_duration=None) as oscar:  # jobs stay Running until finished by hand
+        oscar.add_service("grayify")
+        spec = consumer_spec(tmp_path, bootstrap, oscar.endpoint, prefix,
+                             oscar_extra=", max_pending_jobs: 5, pending_poll_interval: 100ms")  # fmt: skip
+        produce(bootstrap, f"{prefix}.events", [event(i) for i in range(20)])
+        running = start(spec)
+        try:
+            wait_for(lambda: len(oscar.jobs("grayify")) >= 5, 60)
+            time.sleep(1)  # several job-state polls: nothing more may start
+            assert len(oscar.jobs("grayify")) == 5
+            oscar.finish_jobs("grayify")
+            wait_for(lambda: len(oscar.jobs("grayify")) >= 10, 30)
+            oscar.finish_jobs("grayify")
+            wait_for(lambda: len(oscar.jobs("grayify")) >= 15, 30)
+        finally:
+            running.halt()
+
+
+def _arrivals(oscar: OscarEmulator, start_at: float, end_at: float) -> int:
+    return sum(1 for c in oscar.job_calls("grayify") if start_at <= c.at < end_at)
+
+
+def test_three_members_share_the_group_rate(
+    bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    prefix = unique("c")
+    spec = consumer_spec(tmp_path, bootstrap, oscar.endpoint, prefix, token=oscar.services["grayify"].token,
+                         partitions=12, extra="    rate: 200/s\n    concurrency: 16\n")  # fmt: skip
+    produce(bootstrap, f"{prefix}.events", [event(i) for i in range(4000)])
+    members = [start(spec) for _ in range(3)]
+    try:
+        # Measure once the group has settled: the range assignor gives each member 4 of 12.
+        wait_for(lambda: all(len(m.runner.assignment) == 4 for m in members), 60)  # fmt: skip
+        time.sleep(1)
+        t0 = time.time()
+        time.sleep(10)
+        count = _arrivals(oscar, t0, t0 + 10)
+    finally:
+        for m in members:
+            m.halt()
+    assert abs(count / 10 - 200) <= 200 * 0.02, count / 10
+
+
+def test_runtime_rate_change_and_pause(
+    bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    prefix = unique("c")
+    spec = consumer_spec(tmp_path, bootstrap, oscar.endpoint, prefix, token=oscar.services["grayify"].token,
+                         extra="    rate: 20/s\n")  # fmt: skip
+    produce(bootstrap, f"{prefix}.events", [event(i) for i in range(3000)])
+    running = start(spec)
+    try:
+        wait_for(running.runner.ready.is_set, 60)
+        time.sleep(1)
+        write_control(spec.kafka, "svc", rate="100/s")
+        changed = time.time()
+        wait_for(lambda: running.runner.limiter.rate == 100, 5)
+        assert time.time() - changed <= 1.0
+        time.sleep(1)
+        t0 = time.time()
+        time.sleep(3)
+        fast = _arrivals(oscar, t0, t0 + 3) / 3
+        assert 95 <= fast <= 105, fast
+        write_control(spec.kafka, "svc", paused=True)
+        wait_for(lambda: running.runner.control.paused, 5)
+        time.sleep(0.3)
+        before = len(oscar.job_calls("grayify"))
+        time.sleep(1)
+        assert len(oscar.job_calls("grayify")) == before
+        write_control(spec.kafka, "svc", paused=False)
+        wait_for(lambda: len(oscar.job_calls("grayify")) > before + 10, 5)
+    finally:
+        running.halt()
+    # The setting survives a restart: a new member starts at 100/s.
+    again = start(spec)
+    try:
+        wait_for(again.runner.ready.is_set, 60)
+        assert again.runner.group_rate() == 100
+    finally:
+        again.halt()
+
+
+def test_kill_9_mid_stream_then_restart(
+    bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    prefix = unique("c")
+    spec = consumer_spec(tmp_path, bootstrap, oscar.endpoint, prefix, token=oscar.services["grayify"].token,
+                         extra="    rate: 300/s\n")  # fmt: skip
+    config = str(tmp_path / f"{prefix}.yaml")
+    events = [event(i) for i in range(600)]
+    produce(bootstrap, f"{prefix}.events", events)
+    exe = str(Path(sys.executable).parent / "dcnios-consumer")
+    with open(tmp_path / "consumer.log", "ab") as log:
+        proc = subprocess.Popen([exe, "-c", config, "--consumer", "svc"], stderr=log, env={**os.environ})
+        try:
+            wait_for(lambda: len(oscar.jobs("grayify")) >= 200, 60)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            proc = subprocess.Popen([exe, "-c", config, "--consumer", "svc"], stderr=log, env={**os.environ})
+            wait_for(lambda: set(invoked_names(oscar.job_calls("grayify"))) >= {e.name for e in events}, 120)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    counts = Counter(invoked_names(oscar.job_calls("grayify")))
+    assert set(counts) == {e.name for e in events}
+
+
+def test_cli_rejects_bad_values(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text("kafka: {bootstrap_servers: 'h:1'}\nconsumers:\n"
+                    "  - {name: svc, topic: t, oscar: {endpoint: 'https://o', service: s, token: t,"
+                    " max_pending_jobs: 3}, concurrency: 0, ordering: random}\n")  # fmt: skip
+    from dcnios.cli.consumer import main
+
+    assert main(["-c", str(spec), "--consumer", "svc"]) == 2
+    err = capsys.readouterr().err
+    assert "consumers[0].concurrency: expected a positive number, got 0 (line 3)" in err
+    assert "consumers[0].ordering: expected one of key, partition, none, got 'random' (line 3)" in err
+    assert dcnios_main(["rate", "svc", "fast", "-c", str(spec)]) == 2
