@@ -337,7 +337,8 @@ class ConsumerSpec:
     )
     drain_timeout: Duration = spec_field(Duration(30), doc="how long shutdown waits for in-flight calls")
     librdkafka: Mapping[str, str] = spec_field(
-        MappingProxyType({}), doc="extra librdkafka settings of this group's members (e.g. session.timeout.ms)"
+        MappingProxyType({}),
+        doc="extra librdkafka settings of this group's members (e.g. session.timeout.ms)",
     )
 
     @staticmethod

@@ -18,8 +18,17 @@ from dcnios.storage_event import StorageEvent, now_millis
 from dcnios.topics import topic_plan
 
 
-def consumer_spec(tmp_path: Path, bootstrap: str, oscar: str, prefix: str, *, token: str | None = None,
-                  extra: str = "", oscar_extra: str = "", partitions: int = 6) -> PipelineSpec:  # fmt: skip
+def consumer_spec(
+    tmp_path: Path,
+    bootstrap: str,
+    oscar: str,
+    prefix: str,
+    *,
+    token: str | None = None,
+    extra: str = "",
+    oscar_extra: str = "",
+    partitions: int = 6,
+) -> PipelineSpec:
     """``extra`` lines (consumer keys) and ``oscar_extra`` (", key: value") override the defaults."""
     auth = f"token: '{token}'" if token else "username: oscar, password: oscar123"
     oscar_fields = {"timeout": "2s", "connect_timeout": "2s"}
@@ -57,8 +66,18 @@ consumers:
 
 def event(i: int, path: str | None = None, channel: str = "ch") -> StorageEvent:
     path = path or f"/data/in/f{i:05d}.png"
-    return StorageEvent("src", path, path.rsplit("/", 1)[1], ("IN_CLOSE_WRITE",), None, False, channel, i,
-                        f"http://d/api/v1/events/channels/{channel}/subscriptions/inotify/AAB", now_millis())  # fmt: skip
+    return StorageEvent(
+        "src",
+        path,
+        path.rsplit("/", 1)[1],
+        ("IN_CLOSE_WRITE",),
+        None,
+        False,
+        channel,
+        i,
+        f"http://d/api/v1/events/channels/{channel}/subscriptions/inotify/AAB",
+        now_millis(),
+    )
 
 
 def produce(bootstrap: str, topic: str, events: list[StorageEvent]) -> None:
@@ -98,7 +117,7 @@ class Running:
 
 def start(spec: PipelineSpec) -> Running:
     stop = threading.Event()
-    runner = ConsumerRunner(spec, spec.consumers[0], stop=stop)  # fmt: skip
+    runner = ConsumerRunner(spec, spec.consumers[0], stop=stop)
     errors: list[BaseException] = []
 
     def work() -> None:

@@ -65,8 +65,15 @@ def test_keys_run_in_parallel_each_in_order(
     bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
 ) -> None:
     prefix = unique("c")
-    spec = consumer_spec(tmp_path, bootstrap, oscar.endpoint, prefix, token=oscar.services["grayify"].token,
-                         partitions=1, extra="payload: record")  # fmt: skip
+    spec = consumer_spec(
+        tmp_path,
+        bootstrap,
+        oscar.endpoint,
+        prefix,
+        token=oscar.services["grayify"].token,
+        partitions=1,
+        extra="payload: record",
+    )
     overlap = {"now": 0, "max": 0}
     lock = threading.Lock()
 
@@ -101,8 +108,15 @@ def test_order_of_same_key_follows_offsets(
     bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
 ) -> None:
     prefix = unique("c")
-    spec = consumer_spec(tmp_path, bootstrap, oscar.endpoint, prefix, token=oscar.services["grayify"].token,
-                         partitions=1, extra="    ordering: key\n    payload: record\n")  # fmt: skip
+    spec = consumer_spec(
+        tmp_path,
+        bootstrap,
+        oscar.endpoint,
+        prefix,
+        token=oscar.services["grayify"].token,
+        partitions=1,
+        extra="    ordering: key\n    payload: record\n",
+    )
     rng = random.Random(3)
     oscar.fault = lambda call: time.sleep(rng.uniform(0, 0.005))  # type: ignore[func-returns-value]
     events = [event(i, path=f"/data/in/k{i % 5}.png") for i in range(100)]
@@ -153,8 +167,14 @@ def test_failures_end_invoked_or_in_dlq(
     bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
 ) -> None:
     prefix = unique("c")
-    spec = consumer_spec(tmp_path, bootstrap, oscar.endpoint, prefix, token=oscar.services["grayify"].token,
-                         oscar_extra=", timeout: 300ms")  # fmt: skip
+    spec = consumer_spec(
+        tmp_path,
+        bootstrap,
+        oscar.endpoint,
+        prefix,
+        token=oscar.services["grayify"].token,
+        oscar_extra=", timeout: 300ms",
+    )
     rng = random.Random(11)
     lock = threading.Lock()
 
@@ -249,8 +269,15 @@ def test_deterministic_job_ids_make_replays_harmless(
     bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
 ) -> None:
     prefix = unique("c")
-    spec = consumer_spec(tmp_path, bootstrap, oscar.endpoint, prefix, token=oscar.services["grayify"].token,
-                         oscar_extra=", job_id: deterministic", extra="    dedup_window: 0s\n")  # fmt: skip
+    spec = consumer_spec(
+        tmp_path,
+        bootstrap,
+        oscar.endpoint,
+        prefix,
+        token=oscar.services["grayify"].token,
+        oscar_extra=", job_id: deterministic",
+        extra="    dedup_window: 0s\n",
+    )
     events = [event(i) for i in range(10)]
     produce(bootstrap, f"{prefix}.events", events + events)  # a producer replay
     running = start(spec)
@@ -282,8 +309,14 @@ def test_filter_skips_and_commits(
     bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
 ) -> None:
     prefix = unique("c")
-    spec = consumer_spec(tmp_path, bootstrap, oscar.endpoint, prefix, token=oscar.services["grayify"].token,
-                         extra="    filter: {paths: ['/data/in/**/*.png']}\n")  # fmt: skip
+    spec = consumer_spec(
+        tmp_path,
+        bootstrap,
+        oscar.endpoint,
+        prefix,
+        token=oscar.services["grayify"].token,
+        extra="    filter: {paths: ['/data/in/**/*.png']}\n",
+    )
     produce(
         bootstrap,
         f"{prefix}.events",
@@ -303,8 +336,13 @@ def test_max_pending_jobs_holds_and_releases(
     prefix = unique("c")
     with OscarEmulator(job_duration=None) as oscar:  # jobs stay Running until finished by hand
         oscar.add_service("grayify")
-        spec = consumer_spec(tmp_path, bootstrap, oscar.endpoint, prefix,
-                             oscar_extra=", max_pending_jobs: 5, pending_poll_interval: 100ms")  # fmt: skip
+        spec = consumer_spec(
+            tmp_path,
+            bootstrap,
+            oscar.endpoint,
+            prefix,
+            oscar_extra=", max_pending_jobs: 5, pending_poll_interval: 100ms",
+        )
         produce(bootstrap, f"{prefix}.events", [event(i) for i in range(20)])
         running = start(spec)
         try:
@@ -327,13 +365,20 @@ def test_three_members_share_the_group_rate(
     bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
 ) -> None:
     prefix = unique("c")
-    spec = consumer_spec(tmp_path, bootstrap, oscar.endpoint, prefix, token=oscar.services["grayify"].token,
-                         partitions=12, extra="    rate: 200/s\n    concurrency: 16\n")  # fmt: skip
+    spec = consumer_spec(
+        tmp_path,
+        bootstrap,
+        oscar.endpoint,
+        prefix,
+        token=oscar.services["grayify"].token,
+        partitions=12,
+        extra="    rate: 200/s\n    concurrency: 16\n",
+    )
     produce(bootstrap, f"{prefix}.events", [event(i) for i in range(4000)])
     members = [start(spec) for _ in range(3)]
     try:
         # Measure once the group has settled: the range assignor gives each member 4 of 12.
-        wait_for(lambda: all(len(m.runner.assignment) == 4 for m in members), 60)  # fmt: skip
+        wait_for(lambda: all(len(m.runner.assignment) == 4 for m in members), 60)
         time.sleep(1)
         t0 = time.time()
         time.sleep(10)
@@ -348,8 +393,14 @@ def test_runtime_rate_change_and_pause(
     bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
 ) -> None:
     prefix = unique("c")
-    spec = consumer_spec(tmp_path, bootstrap, oscar.endpoint, prefix, token=oscar.services["grayify"].token,
-                         extra="    rate: 20/s\n")  # fmt: skip
+    spec = consumer_spec(
+        tmp_path,
+        bootstrap,
+        oscar.endpoint,
+        prefix,
+        token=oscar.services["grayify"].token,
+        extra="    rate: 20/s\n",
+    )
     produce(bootstrap, f"{prefix}.events", [event(i) for i in range(3000)])
     running = start(spec)
     try:
@@ -387,8 +438,14 @@ def test_kill_9_mid_stream_then_restart(
     bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
 ) -> None:
     prefix = unique("c")
-    spec = consumer_spec(tmp_path, bootstrap, oscar.endpoint, prefix, token=oscar.services["grayify"].token,
-                         extra="    rate: 300/s\n")  # fmt: skip
+    consumer_spec(
+        tmp_path,
+        bootstrap,
+        oscar.endpoint,
+        prefix,
+        token=oscar.services["grayify"].token,
+        extra="    rate: 300/s\n",
+    )
     config = str(tmp_path / f"{prefix}.yaml")
     events = [event(i) for i in range(600)]
     produce(bootstrap, f"{prefix}.events", events)
@@ -412,9 +469,11 @@ def test_kill_9_mid_stream_then_restart(
 
 def test_cli_rejects_bad_values(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = tmp_path / "s.yaml"
-    spec.write_text("kafka: {bootstrap_servers: 'h:1'}\nconsumers:\n"
-                    "  - {name: svc, topic: t, oscar: {endpoint: 'https://o', service: s, token: t,"
-                    " max_pending_jobs: 3}, concurrency: 0, ordering: random}\n")  # fmt: skip
+    spec.write_text(
+        "kafka: {bootstrap_servers: 'h:1'}\nconsumers:\n"
+        "  - {name: svc, topic: t, oscar: {endpoint: 'https://o', service: s, token: t,"
+        " max_pending_jobs: 3}, concurrency: 0, ordering: random}\n"
+    )
     from dcnios.cli.consumer import main
 
     assert main(["-c", str(spec), "--consumer", "svc"]) == 2
@@ -422,3 +481,69 @@ def test_cli_rejects_bad_values(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "consumers[0].concurrency: expected a positive number, got 0 (line 3)" in err
     assert "consumers[0].ordering: expected one of key, partition, none, got 'random' (line 3)" in err
     assert dcnios_main(["rate", "svc", "fast", "-c", str(spec)]) == 2
+
+
+def test_dlq_replay_sends_dead_letters_back(
+    bootstrap: str,
+    oscar: OscarEmulator,
+    tmp_path: Path,
+    unique: Callable[[str], str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    prefix = unique("c")
+    spec = consumer_spec(tmp_path, bootstrap, oscar.endpoint, prefix, token=oscar.services["grayify"].token)
+    broken = threading.Event()
+    broken.set()
+    oscar.fault = lambda call: 503 if broken.is_set() else None
+    events = [event(i) for i in range(5)]
+    produce(bootstrap, f"{prefix}.events", events)
+    running = start(spec)
+    try:
+        wait_for(lambda: running.runner.metrics.dlq.labels("svc", "failed")._value.get() == 5, 60)
+    finally:
+        running.halt()
+    assert oscar.job_calls("grayify") == []
+    broken.clear()  # OSCAR is back
+    config = str(tmp_path / f"{prefix}.yaml")
+    assert dcnios_main(["dlq", "replay", "svc", "-c", config, "--idle-exit", "2"]) == 0
+    assert "replayed 5 dead letters" in capsys.readouterr().out
+    assert sorted(invoked_names(oscar.job_calls("grayify"))) == sorted(e.name for e in events)
+    # Progress is committed: a second run finds nothing new.
+    assert dcnios_main(["dlq", "replay", "svc", "-c", config, "--idle-exit", "2"]) == 0
+    assert "replayed 0 dead letters" in capsys.readouterr().out
+
+
+def test_metrics_and_healthz(
+    bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    import urllib.request
+
+    from dcnios.broker import free_port
+    from dcnios.metrics import serve_metrics
+
+    prefix = unique("c")
+    spec = consumer_spec(
+        tmp_path, bootstrap, oscar.endpoint, prefix, token=oscar.services["grayify"].token, extra="rate: 50/s"
+    )
+    produce(bootstrap, f"{prefix}.events", [event(i) for i in range(10)])
+    running = start(spec)
+    port = free_port()
+    server = serve_metrics(running.runner.metrics.registry, port, running.runner.health)
+    try:
+        wait_for(lambda: len(oscar.jobs("grayify")) >= 10, 60)
+        wait_for(
+            lambda: running.runner.metrics.lag.labels("svc", f"{prefix}.events", "0")._value.get() == 0, 10
+        )
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as response:
+            text = response.read().decode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz") as response:
+            health = json.loads(response.read())
+    finally:
+        server.shutdown()
+        server.server_close()
+        running.halt()
+    assert 'dcnios_consumer_invocations_total{consumer="svc",status="201"} 10.0' in text
+    assert 'dcnios_consumer_group_rate_limit{consumer="svc"} 50.0' in text
+    assert "dcnios_consumer_invocation_seconds_bucket" in text
+    assert f'dcnios_consumer_lag{{consumer="svc",partition="0",topic="{prefix}.events"}}' in text
+    assert health["ok"] is True and health["consumer"] == "svc" and len(health["assigned"]) == 6
