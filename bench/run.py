@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import consumer_bench
 import producer_bench
 from common import Result, broker
 
@@ -53,6 +54,7 @@ def main() -> int:
     started = time.time()
     with broker() as bootstrap:
         results = producer_bench.run(bootstrap, args.quick)
+        results += consumer_bench.run(bootstrap, args.quick)
     command = "make bench" + (" QUICK=1" if args.quick else "")
     (ROOT / "bench" / "results.json").write_text(json.dumps([r.to_json() for r in results], indent=2) + "\n")
     text = render(results, command)

@@ -45,8 +45,12 @@ __all__ = ["ConsumerRunner"]
 logger = logging.getLogger(__name__)
 
 COMMIT_INTERVAL: Final = 1.0
-#: Admitted-but-unfinished records per process, as a multiple of concurrency, before pausing fetch.
-WINDOW_FACTOR: Final = 4
+#: Admitted-but-unfinished records per process before fetching pauses: a multiple of concurrency,
+#: and never so small that the window drains between two polls. Pausing makes librdkafka drop
+#: its prefetched records, so fetching resumes only once the window is half empty (hysteresis).
+WINDOW_FACTOR: Final = 8
+MIN_WINDOW: Final = 1024
+_POLL_TIMEOUT: Final = 0.05
 _DLQ_TIMEOUT: Final = 60.0
 
 
@@ -144,7 +148,7 @@ class ConsumerRunner:
         try:
             while not self.stop.is_set():
                 self.last_tick = time.monotonic()
-                msgs = consumer.consume(500, 0.1)
+                msgs = consumer.consume(500, _POLL_TIMEOUT)
                 for msg in msgs:
                     self._admit(msg)
                 self._flow_control(consumer)
@@ -425,10 +429,11 @@ class ConsumerRunner:
 
     # -- flow control, rate, commits -------------------------------------------------------
     def _flow_control(self, consumer: Consumer) -> None:
-        window = self.cs.concurrency * WINDOW_FACTOR
+        window = max(self.cs.concurrency * WINDOW_FACTOR, MIN_WINDOW)
         in_flight = self.tracker.total_in_flight()
         self._m["in_flight"].set(in_flight)
-        want_pause = in_flight >= window or self.control.paused
+        full = in_flight >= window if not self.paused_fetch else in_flight > window // 2
+        want_pause = full or self.control.paused
         if want_pause != self.paused_fetch:
             parts = [TopicPartition(t, p) for t, p in self.assignment]
             if parts:

@@ -89,6 +89,8 @@ def consumer_config(kafka: KafkaSpec, group: str, **overrides: str) -> RdConf:
             "enable.auto.commit": "false",
             "enable.auto.offset.store": "false",
             "auto.offset.reset": "earliest",
+            # After a pause/resume the fetcher starts over; a short wait keeps invokers fed.
+            "fetch.wait.max.ms": "100",
         }
     )
     conf.update(overrides)
