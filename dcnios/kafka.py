@@ -74,6 +74,8 @@ def producer_config(kafka: KafkaSpec, **overrides: str) -> RdConf:
             "acks": "all",
             "linger.ms": "5",
             "compression.type": "lz4",
+            # Bounded local queue: produce() blocks (BufferError → poll) instead of growing memory.
+            "queue.buffering.max.kbytes": "32768",
         }
     )
     conf.update(overrides)

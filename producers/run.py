@@ -45,6 +45,7 @@ CLOCK_SKEW_MS: Final = 60_000
 _ATTACH_WAIT: Final = 2.0
 _REASON_HEADER: Final = "dcnios-reason"
 _NO_ID: Final = -1
+_QUEUE_BATCHES: Final = 16
 
 
 #: (stream generation, frames of one network chunk | how the stream ended, when it was read)
@@ -116,7 +117,9 @@ class SourceRunner:
         self.watches: dict[str, str] = {}  # subscription URL -> directory
         self.last_received: int | None = None
         self.last_observed_ms = 0
-        self._frames: queue.Queue[_Item] = queue.Queue(maxsize=1_000)
+        # Small on purpose: when the loop falls behind, the reader blocks and TCP pushes back on
+        # dCache (which buffers per channel) instead of frames piling up in this process.
+        self._frames: queue.Queue[_Item] = queue.Queue(maxsize=_QUEUE_BATCHES)
         self._label_cache: dict[tuple[int, str], Any] = {}
         self._ack_latency = self.metrics.ack_latency.labels(source.name)
         self._last_event_gauge = self.metrics.last_event_id.labels(source.name)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import logging
+import os
 import signal
 import sys
 import threading
@@ -21,6 +24,7 @@ __all__ = [
     "StopFlag",
     "add_common",
     "configure_logging",
+    "limit_malloc_arenas",
     "load_spec_arg",
     "run_main",
 ]
@@ -36,6 +40,22 @@ def add_common(parser: argparse.ArgumentParser, *, config: bool = True, required
         parser.add_argument("-c", "--config", metavar="FILE", required=required, help="pipeline spec (YAML)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--debug", action="store_true", help="show tracebacks and DEBUG logs")
+
+
+_M_ARENA_MAX: Final = -8  # glibc mallopt() parameter
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas before any thread starts.
+
+    glibc gives each thread (librdkafka's and ours) its own arena; in a long-running process with
+    a dozen threads the fragmented arenas more than double the RSS (111 MB instead of 48 MB after
+    30k events in the producer benchmark). Does nothing where glibc is absent.
+    """
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return  # the user chose
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, arenas)
 
 
 def configure_logging(level: str, debug: bool) -> None:

@@ -6,7 +6,15 @@ import argparse
 import logging
 from collections.abc import Sequence
 
-from dcnios.cli._common import EXIT_OK, StopFlag, add_common, load_spec_arg, parser_class, run_main
+from dcnios.cli._common import (
+    EXIT_OK,
+    StopFlag,
+    add_common,
+    limit_malloc_arenas,
+    load_spec_arg,
+    parser_class,
+    run_main,
+)
 from dcnios.errors import ConfigError
 from dcnios.metrics import ConsumerMetrics, serve_metrics
 
@@ -55,4 +63,5 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    limit_malloc_arenas()
     return run_main(build_parser(), argv, _run)

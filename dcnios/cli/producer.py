@@ -13,6 +13,7 @@ from dcnios.cli._common import (
     EXIT_OK,
     StopFlag,
     add_common,
+    limit_malloc_arenas,
     load_spec_arg,
     parser_class,
     run_main,
@@ -81,4 +82,5 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    limit_malloc_arenas()
     return run_main(build_parser(), argv, _run)

@@ -32,6 +32,8 @@ __all__ = ["DCacheEmulator"]
 logger = logging.getLogger(__name__)
 
 BACKLOG: Final = 16383
+# Written out again from the reference rather than imported from dcnios.inotify: an emulator that
+# shares the product's constants would agree with the product's mistakes.
 EVENT_FLAGS: Final = (
     "IN_ACCESS",
     "IN_ATTRIB",

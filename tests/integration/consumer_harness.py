@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
+from producer_harness import Running, run_in_thread
 
 from dcnios.codec import StorageEventCodec
 from dcnios.consumers.run import ConsumerRunner
@@ -102,30 +101,6 @@ def invoked_names(calls: list) -> list[str]:  # type: ignore[type-arg]
     return [json.loads(c.body)["event"]["name"] for c in calls]
 
 
-@dataclass
-class Running:
-    runner: ConsumerRunner
-    stop: threading.Event
-    thread: threading.Thread
-    errors: list[BaseException]
-
-    def halt(self, timeout: float = 60) -> None:
-        self.stop.set()
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "consumer did not stop"
-
-
-def start(spec: PipelineSpec) -> Running:
+def start(spec: PipelineSpec) -> Running[ConsumerRunner]:
     stop = threading.Event()
-    runner = ConsumerRunner(spec, spec.consumers[0], stop=stop)
-    errors: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            runner.run()
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=work, daemon=True, name=f"consumer-{uuid.uuid4().hex[:4]}")
-    thread.start()
-    return Running(runner, stop, thread, errors)
+    return run_in_thread(ConsumerRunner(spec, spec.consumers[0], stop=stop), stop)

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
@@ -43,22 +43,29 @@ sources:
     return spec
 
 
+R = TypeVar("R", bound=Any)
+
+
 @dataclass
-class Running:
-    runner: SourceRunner
+class Running(Generic[R]):
+    """A runner on a daemon thread; ``halt()`` stops it and checks that it really stopped."""
+
+    runner: R
     stop: threading.Event
     thread: threading.Thread
-    error: list[BaseException]
+    errors: list[BaseException]
 
-    def halt(self, timeout: float = 30) -> None:
+    @property
+    def error(self) -> list[BaseException]:
+        return self.errors
+
+    def halt(self, timeout: float = 60) -> None:
         self.stop.set()
         self.thread.join(timeout)
-        assert not self.thread.is_alive(), "producer did not stop"
+        assert not self.thread.is_alive(), "runner did not stop"
 
 
-def start(spec: PipelineSpec) -> Running:
-    stop = threading.Event()
-    runner = SourceRunner(spec, spec.sources[0], stop=stop)
+def run_in_thread(runner: R, stop: threading.Event) -> Running[R]:
     errors: list[BaseException] = []
 
     def work() -> None:
@@ -70,6 +77,11 @@ def start(spec: PipelineSpec) -> Running:
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
     return Running(runner, stop, thread, errors)
+
+
+def start(spec: PipelineSpec) -> Running[SourceRunner]:
+    stop = threading.Event()
+    return run_in_thread(SourceRunner(spec, spec.sources[0], stop=stop), stop)
 
 
 def read_topic(
