@@ -75,7 +75,7 @@ def producer_config(kafka: KafkaSpec, **overrides: str) -> RdConf:
             "linger.ms": "5",
             "compression.type": "lz4",
             # Bounded local queue: produce() blocks (BufferError → poll) instead of growing memory.
-            "queue.buffering.max.kbytes": "32768",
+            "queue.buffering.max.kbytes": "8192",
         }
     )
     conf.update(overrides)

@@ -142,7 +142,7 @@ class SourceRunner:
                     checkpoint.channel,
                     checkpoint.last_event_id,
                 )
-            self._connect(checkpoint)
+            self._connect_retrying(checkpoint)
             backoff = float(self.source.reconnect_backoff)
             while not self.stop.is_set():
                 item = self._next_frame()
@@ -164,6 +164,26 @@ class SourceRunner:
             self._shutdown()
 
     # -- connection ------------------------------------------------------------------------
+    def _connect_retrying(self, checkpoint: Checkpoint | None) -> None:
+        """Connect; back off and retry while the frontend is unreachable, rate-limits (429) or fails
+        (5xx). Auth and request errors (401, 403, 400) are final: retrying them only gets the
+        client blocked (dCache blocks after repeated auth errors)."""
+        backoff = float(self.source.reconnect_backoff)
+        while True:
+            try:
+                self._connect(checkpoint)
+                return
+            except DCacheError as exc:
+                if exc.status is not None and exc.status != 429 and exc.status < 500:
+                    raise
+                delay = backoff * random.uniform(0.5, 1.0)  # noqa: S311
+                logger.warning("%s: %s; retrying in %.2fs", self.source.name, exc, delay)
+                self.metrics.reconnects.labels(self.source.name).inc()
+                backoff = min(backoff * 2, float(self.source.reconnect_backoff_max))
+                if self.stop.wait(delay):
+                    raise
+                self.channel_url = None
+
     def _connect(self, checkpoint: Checkpoint | None) -> None:
         src = self.source
         resume_id: int | None = None
@@ -335,7 +355,7 @@ class SourceRunner:
                 self.last_observed_ms or now_millis(),
             )
             self.channel_url = None
-            self._connect(previous)
+            self._connect_retrying(previous)
             return float(self.source.reconnect_backoff)
         if isinstance(cause, DCacheError) and cause.status == 401:
             raise cause

@@ -45,12 +45,13 @@ def add_common(parser: argparse.ArgumentParser, *, config: bool = True, required
 _M_ARENA_MAX: Final = -8  # glibc mallopt() parameter
 
 
-def limit_malloc_arenas(arenas: int = 2) -> None:
+def limit_malloc_arenas(arenas: int = 1) -> None:
     """Cap glibc's malloc arenas before any thread starts.
 
     glibc gives each thread (librdkafka's and ours) its own arena; in a long-running process with
-    a dozen threads the fragmented arenas more than double the RSS (111 MB instead of 48 MB after
-    30k events in the producer benchmark). Does nothing where glibc is absent.
+    a dozen threads the fragmented arenas more than double the RSS (104-115 MB instead of 48 MB
+    after 30k events in the producer benchmark, where even two arenas were not enough). Every
+    thread but the run loop mostly waits, so one arena costs little. Does nothing without glibc.
     """
     if os.environ.get("MALLOC_ARENA_MAX"):
         return  # the user chose

@@ -361,31 +361,66 @@ def _arrivals(oscar: OscarEmulator, start_at: float, end_at: float) -> int:
     return sum(1 for c in oscar.job_calls("grayify") if start_at <= c.at < end_at)
 
 
-def test_three_members_share_the_group_rate(
+def _healthz(port: int) -> dict:  # type: ignore[type-arg]
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            return json.loads(response.read())  # type: ignore[no-any-return]
+    except urllib.error.HTTPError as exc:  # 503 until partitions are assigned
+        return json.loads(exc.read())  # type: ignore[no-any-return]
+    except OSError:
+        return {}
+
+
+def test_three_processes_share_the_group_rate(
     bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
 ) -> None:
+    from dcnios.broker import free_port
+
     prefix = unique("c")
-    spec = consumer_spec(
+    consumer_spec(
         tmp_path,
         bootstrap,
         oscar.endpoint,
         prefix,
         token=oscar.services["grayify"].token,
         partitions=12,
-        extra="    rate: 200/s\n    concurrency: 16\n",
+        extra="rate: 200/s\nconcurrency: 16",
     )
     produce(bootstrap, f"{prefix}.events", [event(i) for i in range(4000)])
-    members = [start(spec) for _ in range(3)]
-    try:
-        # Measure once the group has settled: the range assignor gives each member 4 of 12.
-        wait_for(lambda: all(len(m.runner.assignment) == 4 for m in members), 60)
-        time.sleep(1)
-        t0 = time.time()
-        time.sleep(10)
-        count = _arrivals(oscar, t0, t0 + 10)
-    finally:
-        for m in members:
-            m.halt()
+    exe = str(Path(sys.executable).parent / "dcnios-consumer")
+    ports = [free_port() for _ in range(3)]
+    with open(tmp_path / "members.log", "ab") as log:
+        procs = [
+            subprocess.Popen(
+                [
+                    exe,
+                    "-c",
+                    str(tmp_path / f"{prefix}.yaml"),
+                    "--consumer",
+                    "svc",
+                    "--metrics-port",
+                    str(port),
+                ],
+                stderr=log,
+            )
+            for port in ports
+        ]
+        try:
+            # Measure once the group has settled: the range assignor gives each member 4 of 12.
+            wait_for(lambda: all(len(_healthz(p).get("assigned", [])) == 4 for p in ports), 90)
+            assert all(_healthz(p)["rate_limit"] == pytest.approx(200 / 3) for p in ports)
+            time.sleep(1)
+            t0 = time.time()
+            time.sleep(10)
+            count = _arrivals(oscar, t0, t0 + 10)
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                proc.wait(60)
     assert abs(count / 10 - 200) <= 200 * 0.02, count / 10
 
 

@@ -275,3 +275,92 @@ def test_kill_9_and_restart_loses_nothing(
             proc.kill()
         log.close()
     assert set(files(records)) == set(expected)
+
+
+def test_overflow_is_a_gap_with_reconcile(
+    bootstrap: str, dcache: DCacheEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    prefix = unique("p")
+    spec = make_spec(tmp_path, bootstrap, dcache.endpoint, prefix)
+    running = start(spec)
+    try:
+        wait_for(running.runner.ready.is_set)
+        dcache.put_silently("/data/in/dropped.dat")  # its events were lost to the overload
+        dcache.overflow("/data/in")
+        records = read_topic(bootstrap, spec.sources[0].topic, lambda r: "/data/in/dropped.dat" in files(r))
+        gaps = read_topic(
+            bootstrap, f"{prefix}.gaps", lambda r: any(g["reason"] == "IN_Q_OVERFLOW" for g in r)
+        )
+    finally:
+        running.halt()
+    (dropped,) = [r for r in records if r.path == "/data/in/dropped.dat"]
+    assert dropped.synthetic and dropped.gap == "IN_Q_OVERFLOW"
+    assert running.runner.metrics.gaps.labels("src", "IN_Q_OVERFLOW")._value.get() == 1
+    assert [g["directories"] for g in gaps if g["reason"] == "IN_Q_OVERFLOW"] == [["/data/in"]]
+
+
+def test_rotating_token_file_is_reread_on_401(
+    bootstrap: str, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("first-token\n")
+    with DCacheEmulator(users={}, tokens={"first-token": "alice"}) as dcache:
+        dcache.mkdir("/data/in")
+        spec = make_spec(tmp_path, bootstrap, dcache.endpoint, unique("p"))
+        source = spec.sources[0]
+        from dataclasses import replace
+
+        from dcnios.spec import DCacheAuth
+
+        spec = replace(spec, sources=(replace(source, auth=DCacheAuth(token_file=str(token_file))),))
+        running = start(spec)
+        try:
+            wait_for(running.runner.ready.is_set)
+            dcache.srm_upload("/data/in/a")
+            # The token rotates: the old one stops working, the file holds the new one.
+            dcache.tokens = {"second-token": "alice"}
+            token_file.write_text("second-token\n")
+            dcache.drop_connections()
+            dcache.srm_upload("/data/in/b")
+            records = read_topic(
+                bootstrap, source.topic, lambda r: {"/data/in/a", "/data/in/b"} <= set(files(r))
+            )
+        finally:
+            running.halt()
+    assert {"/data/in/a", "/data/in/b"} <= set(files(records))
+    assert not running.error
+
+
+def test_frontend_unreachable_at_start_is_retried(
+    bootstrap: str, dcache: DCacheEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    spec = make_spec(tmp_path, bootstrap, dcache.endpoint, unique("p"))
+    dcache.fail_next.extend([503, 429, 502])  # overloaded frontend, then its rate limit
+    running = start(spec)
+    try:
+        wait_for(running.runner.ready.is_set, 30)
+        dcache.srm_upload("/data/in/late")
+        records = read_topic(bootstrap, spec.sources[0].topic, lambda r: len(r) >= 1)
+    finally:
+        running.halt()
+    assert files(records) == ["/data/in/late"]
+    assert [status for _, _, status in dcache.requests[:3]] == [503, 429, 502]
+
+
+def test_competing_client_stops_the_producer(
+    bootstrap: str, dcache: DCacheEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    from dcnios.producers.run import CompetingClientError
+
+    spec = make_spec(tmp_path, bootstrap, dcache.endpoint, unique("p"))
+    running = start(spec)
+    wait_for(running.runner.ready.is_set)
+    dcache.srm_upload("/data/in/a")
+    wait_for(lambda: running.runner.progress.safe_id is not None)
+    # A second client attaches to the same channel (e.g. a second producer with the same client-id).
+    (channel,) = dcache.channels.values()
+    thief = dcache.attach(channel, None)
+    running.thread.join(30)
+    thief.close()
+    assert len(running.error) == 1 and isinstance(running.error[0], CompetingClientError)
+    assert "run one producer per source" in str(running.error[0])
