@@ -485,9 +485,8 @@ class ConsumerRunner:
         self._m["achieved"].set(achieved)
         for topic, partition in list(self.assignment):
             try:
-                _low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=1, cached=False
-                )
+                # From the last fetch response: no extra broker round trip per partition per second.
+                _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
             except KafkaException:
                 continue
             fetched = self.tracker.fetched(topic, partition)

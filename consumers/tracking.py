@@ -42,14 +42,6 @@ class OffsetTracker:
             if part is not None:
                 part.done.add(offset)
 
-    def in_flight(self, topic: str, partition: int) -> int:
-        with self._lock:
-            part = self._parts.get((topic, partition))
-            if part is None:
-                return 0
-            part.position()
-            return len(part.pending)
-
     def total_in_flight(self) -> int:
         with self._lock:
             return sum(len(p.pending) - len(p.done) for p in self._parts.values())
