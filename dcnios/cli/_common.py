@@ -97,7 +97,7 @@ def run_main(
     try:
         args = parser.parse_args(argv)
     except _Usage as exc:
-        print(f"UsageError: {exc}", file=sys.stderr)
+        sys.stderr.write(f"UsageError: {exc}\n")
         return EXIT_USAGE
     except SystemExit as exc:  # --help and --version
         return int(exc.code or 0)
@@ -121,7 +121,7 @@ def run_main(
 def _report(exc: BaseException, debug: bool) -> None:
     if debug:
         logger.error("%s", type(exc).__name__, exc_info=exc)
-    print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+    sys.stderr.write(f"{type(exc).__name__}: {exc}\n")
 
 
 class StopFlag:
