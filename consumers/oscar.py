@@ -12,6 +12,8 @@ import json
 import logging
 import secrets
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Final
@@ -187,8 +189,9 @@ class PendingJobsGate:
         self.session.verify = spec.ca_bundle or True
         self.url = f"{spec.endpoint.rstrip('/')}/system/logs/{spec.service}"
         self._cond = threading.Condition()
-        self._active = 0
-        self._started_since_poll = 0
+        self._active = 0  # Pending + Running in the last job listing
+        self._in_call = 0  # invocations under way: their jobs may not exist yet
+        self._completed: deque[float] = deque()  # when calls returned, until a listing includes them
         self.last_error: str | None = None
 
     @property
@@ -196,6 +199,7 @@ class PendingJobsGate:
         return self._active
 
     def poll_once(self) -> None:
+        started = time.monotonic()
         headers = {}
         if self.spec.oidc_token is not None:
             headers["Authorization"] = f"Bearer {self.spec.oidc_token.reveal()}"
@@ -214,14 +218,22 @@ class PendingJobsGate:
         with self._cond:
             self.last_error = None
             self._active = active
-            self._started_since_poll = 0
+            # Calls that returned before this listing began are in it; later ones may not be.
+            while self._completed and self._completed[0] <= started:
+                self._completed.popleft()
             self._cond.notify_all()
 
     def wait_for_room(self, stop: threading.Event) -> bool:
+        """Take a slot for one call; ``release()`` it when the call returns."""
         with self._cond:
-            while self._active + self._started_since_poll >= self.limit:
+            while self._active + self._in_call + len(self._completed) >= self.limit:
                 if stop.is_set():
                     return False
                 self._cond.wait(0.2)
-            self._started_since_poll += 1
+            self._in_call += 1
             return True
+
+    def release(self) -> None:
+        with self._cond:
+            self._in_call -= 1
+            self._completed.append(time.monotonic())

@@ -324,7 +324,11 @@ class ConsumerRunner:
                 break
             work.attempts += 1
             started = time.perf_counter()
-            attempt = self.invoker.invoke(body, headers)
+            try:
+                attempt = self.invoker.invoke(body, headers)
+            finally:
+                if self.gate is not None:
+                    self.gate.release()
             self._m["latency"].observe(time.perf_counter() - started)
             label = str(attempt.status) if attempt.status is not None else "error"
             self.metrics.invocations.labels(spec.name, label).inc()
@@ -371,7 +375,11 @@ class ConsumerRunner:
                 return False
         if self.gate is not None and not self.gate.wait_for_room(self.stop):
             return False
-        return self.limiter.acquire(self.stop)
+        if self.limiter.acquire(self.stop):
+            return True
+        if self.gate is not None:
+            self.gate.release()
+        return False
 
     def _finished(self, msg: Message) -> None:
         self.tracker.done(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
