@@ -35,9 +35,14 @@ EXIT_USAGE: Final = 2
 logger = logging.getLogger(__name__)
 
 
-def add_common(parser: argparse.ArgumentParser, *, config: bool = True, required: bool = True) -> None:
+def add_common(
+    parser: argparse.ArgumentParser, *, config: bool = True, required: bool = True, bootstrap: bool = False
+) -> None:
+    """The flags every command shares; ``bootstrap`` adds ``--bootstrap`` for commands that talk to Kafka."""
     if config:
         parser.add_argument("-c", "--config", metavar="FILE", required=required, help="pipeline spec (YAML)")
+    if bootstrap:
+        parser.add_argument("--bootstrap", metavar="HOST:PORT", help="override kafka.bootstrap_servers")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--debug", action="store_true", help="show tracebacks and DEBUG logs")
 

@@ -30,12 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
         "once, in per-key order, at the group's rate. Start more processes to scale out.",
         epilog="SIGTERM/SIGINT stop fetching, drain in-flight calls (drain_timeout), commit and exit 0.",
     )
-    add_common(parser)
+    add_common(parser, bootstrap=True)
     parser.add_argument("--consumer", metavar="NAME", required=True, help="which consumers[] entry to run")
     parser.add_argument(
         "--metrics-port", type=int, metavar="P", help="serve /metrics and /healthz on this port"
     )
-    parser.add_argument("--bootstrap", metavar="HOST:PORT", help="override kafka.bootstrap_servers")
     return parser
 
 

@@ -22,8 +22,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("name", help="consumer name")
     p.add_argument("rate", help="'<number>/s|/m|/h', 'unlimited' or 'spec'")
-    add_common(p)
-    p.add_argument("--bootstrap", metavar="HOST:PORT", help="override kafka.bootstrap_servers")
+    add_common(p, bootstrap=True)
     p.set_defaults(run=run_rate)
     for verb, paused in (("pause", True), ("resume", False)):
         q = sub.add_parser(
@@ -32,8 +31,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             description=f"{verb.capitalize()} every member of the group within 1 s.",
         )
         q.add_argument("name", help="consumer name")
-        add_common(q)
-        q.add_argument("--bootstrap", metavar="HOST:PORT", help="override kafka.bootstrap_servers")
+        add_common(q, bootstrap=True)
         q.set_defaults(run=run_pause, paused=paused)
 
 

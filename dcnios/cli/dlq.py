@@ -36,8 +36,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "Progress is committed, so a second run continues where the first stopped.",
     )
     r.add_argument("name", help="consumer name")
-    add_common(r)
-    r.add_argument("--bootstrap", metavar="HOST:PORT", help="override kafka.bootstrap_servers")
+    add_common(r, bootstrap=True)
     r.add_argument("--max", type=int, metavar="N", help="replay at most N records")
     r.add_argument(
         "--idle-exit", type=float, default=3.0, metavar="S", help="stop after S seconds with nothing new"

@@ -33,14 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
         "At least once: the checkpoint advances only past acknowledged records.",
         epilog="SIGTERM/SIGINT flush, write the checkpoint and exit 0; a second signal stops at once.",
     )
-    add_common(parser)
+    add_common(parser, bootstrap=True)
     parser.add_argument(
         "--source", metavar="NAME", help="run only this source (default: every dcache source)"
     )
     parser.add_argument(
         "--metrics-port", type=int, metavar="P", help="serve Prometheus /metrics on this port"
     )
-    parser.add_argument("--bootstrap", metavar="HOST:PORT", help="override kafka.bootstrap_servers")
     return parser
 
 

@@ -27,8 +27,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Read a topic without joining a group or committing anything.",
     )
     p.add_argument("topic")
-    add_common(p)
-    p.add_argument("--bootstrap", metavar="HOST:PORT", help="override kafka.bootstrap_servers")
+    add_common(p, bootstrap=True)
     p.add_argument(
         "--from-beginning", action="store_true", help="start at the oldest record (default: new ones)"
     )

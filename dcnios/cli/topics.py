@@ -18,8 +18,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="create every topic the spec names (sources, routes, DLQs, internal); idempotent",
         description="Create missing topics with the spec's partitions; existing topics are left as they are.",
     )
-    add_common(p)
-    p.add_argument("--bootstrap", metavar="HOST:PORT", help="override kafka.bootstrap_servers")
+    add_common(p, bootstrap=True)
     p.add_argument("--dry-run", action="store_true", help="list the topics without creating them")
     p.set_defaults(run=run)
 
