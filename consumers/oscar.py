@@ -22,10 +22,18 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from dcnios.errors import OscarError
-from dcnios.spec import OscarSpec
+from dcnios.spec import ConsumerSpec, OscarSpec
 from dcnios.storage_event import StorageEvent, dcache_envelope, dedup_key
 
-__all__ = ["Attempt", "OscarInvoker", "PendingJobsGate", "job_id_for", "payload_for", "traceparent_for"]
+__all__ = [
+    "Attempt",
+    "OscarInvoker",
+    "PendingJobsGate",
+    "invoke_with_retry",
+    "job_id_for",
+    "payload_for",
+    "traceparent_for",
+]
 
 logger = logging.getLogger(__name__)
 _ALREADY_EXISTS: Final = "already exists"
@@ -237,3 +245,19 @@ class PendingJobsGate:
         with self._cond:
             self._in_call -= 1
             self._completed.append(time.monotonic())
+
+
+def invoke_with_retry(
+    invoker: OscarInvoker, cs: ConsumerSpec, event: StorageEvent, stop: threading.Event
+) -> Attempt:
+    """One record outside the consumer loop (replays), with the consumer's retry policy."""
+    headers = {"traceparent": traceparent_for(event)}
+    if cs.oscar.job_id == "deterministic":
+        headers["X-Delegated-Job-ID"] = job_id_for(event, cs.oscar.service)
+    delay = float(cs.retry.initial_backoff)
+    for attempt_no in range(1, cs.retry.max_attempts + 1):
+        attempt = invoker.invoke(payload_for(event, cs.payload), headers)
+        if attempt.ok or not attempt.retryable or attempt_no == cs.retry.max_attempts or stop.wait(delay):
+            return attempt
+        delay = min(delay * 2, float(cs.retry.max_backoff))
+    raise AssertionError("max_attempts is at least 1")

@@ -162,6 +162,9 @@ class ConsumerRunner:
                 self._commit(consumer)
             finally:
                 consumer.close()
+                # The consumer holds our bound callbacks: drop it so this runner (and its DLQ
+                # producer's connections) can be freed once run() returns.
+                self._consumer = None
                 follower.stop()
                 self._poller_stop.set()
                 self._dlq.flush(30)

@@ -5,18 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import threading
 import time
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from dcnios.cli._common import EXIT_FAILURE, EXIT_OK, StopFlag, add_common, load_spec_arg
 from dcnios.codec import StorageEventCodec
-from dcnios.consumers.oscar import Attempt, OscarInvoker, job_id_for, payload_for, traceparent_for
+from dcnios.consumers.oscar import OscarInvoker, invoke_with_retry
 from dcnios.errors import CodecError, ConfigError, KafkaError
 from dcnios.kafka import consumer_config
-from dcnios.spec import ConsumerSpec
-from dcnios.storage_event import StorageEvent
 
 __all__ = ["register"]
 
@@ -76,7 +73,7 @@ def run_replay(args: argparse.Namespace) -> int:
                 skipped += 1
                 _commit(consumer, msg)
                 continue
-            attempt = _replay_one(invoker, cs, event, stop.event)
+            attempt = invoke_with_retry(invoker, cs, event, stop.event)
             if not attempt.ok:
                 sys.stderr.write(f"OscarError: {where} ({event.path}) failed again: {attempt.error}\n")
                 return EXIT_FAILURE
@@ -88,22 +85,6 @@ def run_replay(args: argparse.Namespace) -> int:
     sys.stderr.write("\n")
     sys.stdout.write(f"{args.name}: replayed {replayed} dead letters; {skipped} poison records skipped\n")
     return EXIT_OK
-
-
-def _replay_one(
-    invoker: OscarInvoker, cs: ConsumerSpec, event: StorageEvent, stop: threading.Event
-) -> Attempt:
-    """One record, with the consumer's retry policy."""
-    headers = {"traceparent": traceparent_for(event)}
-    if cs.oscar.job_id == "deterministic":
-        headers["X-Delegated-Job-ID"] = job_id_for(event, cs.oscar.service)
-    delay = float(cs.retry.initial_backoff)
-    for attempt_no in range(1, cs.retry.max_attempts + 1):
-        attempt = invoker.invoke(payload_for(event, cs.payload), headers)
-        if attempt.ok or not attempt.retryable or attempt_no == cs.retry.max_attempts or stop.wait(delay):
-            return attempt
-        delay = min(delay * 2, float(cs.retry.max_backoff))
-    raise AssertionError("max_attempts is at least 1")
 
 
 def _assign_from_committed(consumer: Consumer, topic: str) -> None:

@@ -132,8 +132,11 @@ class DCacheEmulator:
         default_timeout: int = 300,
         max_channels_per_user: int = 128,
         backlog: int = BACKLOG,
+        files_root: str | None = None,
     ) -> None:
         self.backlog = backlog
+        #: A local directory whose files a WebDAV door serves (GET/HEAD outside /api/v1).
+        self.files_root = files_root
         self.users = users if users is not None else {"alice": "secret"}
         self.tokens = tokens if tokens is not None else {}
         self.delay_headers = delay_headers
@@ -207,12 +210,33 @@ class DCacheEmulator:
     def upload(self, path: str, size: int = 1024) -> None:
         """A WebDAV PUT (§5.5): IN_CREATE, IN_OPEN, IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE."""
         with self.lock:
+            self.begin_upload(path)
+            if size:
+                self.wrote(path)
+            self.finish_upload(path, size)
+
+    def begin_upload(self, path: str) -> None:
+        """The start of an upload: the door creates the entry, the pool opens the replica."""
+        with self.lock:
             self._require_parent(path)
-            self.entries[path] = _Entry(path, False, self._pnfsid(), size)
+            self.entries[path] = _Entry(path, False, self._pnfsid(), 0)
             self._child_event(path, ["IN_CREATE"])
             self._child_event(path, ["IN_OPEN"])
-            if size:
+
+    def wrote(self, path: str) -> None:
+        """Data arrived (the pool suppresses repeats; callers decide how often to call this)."""
+        with self.lock:
+            if path in self.entries:
                 self._child_event(path, ["IN_MODIFY"])
+
+    def finish_upload(self, path: str, size: int) -> None:
+        """The replica is committed: attributes set, then IN_CLOSE_WRITE (§5.5 order)."""
+        with self.lock:
+            entry = self.entries.get(path)
+            if entry is None:
+                self._require_parent(path)
+                entry = self.entries[path] = _Entry(path, False, self._pnfsid(), size)
+            entry.size, entry.mtime = size, int(time.time() * 1000)
             self._child_event(path, ["IN_ATTRIB"])
             self._child_event(path, ["IN_CLOSE_WRITE"])
 
@@ -223,16 +247,20 @@ class DCacheEmulator:
             self.entries[path] = _Entry(path, False, self._pnfsid(), size)
             self._child_event(path, ["IN_MOVED_TO"], cookie=self._cookie())
 
-    def put_silently(self, path: str, size: int = 1024) -> None:
-        """A file appears with no event at all (as during a gap)."""
+    def put_silently(self, path: str, size: int = 1024, *, directory: bool = False) -> None:
+        """A file (or directory) appears with no event at all (as during a gap)."""
         with self.lock:
             self._require_parent(path)
-            self.entries[path] = _Entry(path, False, self._pnfsid(), size)
+            self.entries[path] = _Entry(path, directory, self._pnfsid(), size)
 
     def rm(self, path: str) -> None:
         with self.lock:
             entry = self.entries.pop(path)
             flag = ["IN_ISDIR"] if entry.is_dir else []
+            if entry.is_dir:
+                prefix = path.rstrip("/") + "/"
+                for child in [p for p in self.entries if p.startswith(prefix)]:
+                    del self.entries[child]
             self._child_event(path, ["IN_DELETE", *flag])
             self._self_event(entry.pnfsid, ["IN_DELETE_SELF", *flag], closes=True)
 
@@ -244,6 +272,12 @@ class DCacheEmulator:
             self._child_event(src, ["IN_MOVED_FROM", *flag], cookie=cookie)
             entry.path, entry.ctime = dst, int(time.time() * 1000)
             self.entries[dst] = entry
+            if entry.is_dir:
+                prefix = src.rstrip("/") + "/"
+                for old in [p for p in self.entries if p.startswith(prefix)]:
+                    moved = self.entries.pop(old)
+                    moved.path = dst.rstrip("/") + "/" + old[len(prefix) :]
+                    self.entries[moved.path] = moved
             self._child_event(dst, ["IN_MOVED_TO", *flag], cookie=cookie)
             self._self_event(entry.pnfsid, ["IN_MOVE_SELF", *flag])
 
@@ -453,7 +487,10 @@ def _make_handler(emu: DCacheEmulator) -> type[BaseHTTPRequestHandler]:
                     self._fail(status)
                     return
             if not path.startswith(_API):
-                self._fail(404, "Not Found")
+                if emu.files_root is not None and self.command in ("GET", "HEAD"):
+                    self._webdav_get(path)
+                else:
+                    self._fail(404, "Not Found")
                 return
             rest = path[len(_API) :]
             if rest == "/events" and self.command == "GET":
@@ -485,7 +522,27 @@ def _make_handler(emu: DCacheEmulator) -> type[BaseHTTPRequestHandler]:
             else:
                 self._fail(404, "Not Found")
 
-        do_GET = do_POST = do_PATCH = do_DELETE = _dispatch
+        do_GET = do_HEAD = do_POST = do_PATCH = do_DELETE = _dispatch
+
+        # -- WebDAV door (file contents) -----------------------------------------------------
+        def _webdav_get(self, path: str) -> None:
+            # Anonymous reads are allowed (webdav.authz.anonymous-operations=READONLY); wrong
+            # credentials are still refused, as the door does.
+            if "Authorization" in self.headers and self._user() is None:
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="dCache"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            assert emu.files_root is not None
+            root = os.path.realpath(emu.files_root)
+            local = os.path.realpath(os.path.join(root, path.lstrip("/")))
+            if os.path.commonpath([root, local]) != root or not os.path.isfile(local):
+                self._reply(404, b"Not Found", ctype="text/plain")
+                return
+            with open(local, "rb") as handle:
+                body = handle.read()
+            self._reply(200, body, ctype="application/octet-stream")
 
         # -- namespace ---------------------------------------------------------------------
         def _namespace(self, path: str, query: dict[str, list[str]]) -> None:

@@ -22,12 +22,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["Call", "Job", "OscarEmulator"]
+__all__ = ["Call", "Job", "JobExecutor", "OscarEmulator"]
 
 logger = logging.getLogger(__name__)
 _DNS_LABEL: Final = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 #: A fault decides what one /job or /run call gets: None (normal), an HTTP status, or "timeout".
 Fault = Callable[["Call"], int | str | None]
+#: Runs a created job for real (``dcnios sandbox oscar``); it owns the job's state from then on.
+JobExecutor = Callable[["Job"], None]
 
 
 @dataclass
@@ -49,6 +51,7 @@ class Job:
     status: str = "Pending"
     start: float | None = None
     finish: float | None = None
+    log: str = ""
 
 
 def _iso(ts: float | None) -> str | None:
@@ -74,12 +77,14 @@ class OscarEmulator:
         latency: float = 0.0,
         job_duration: float | None = 0.0,
         pending_time: float = 0.0,
+        executor: JobExecutor | None = None,
     ) -> None:
         self.version = version
         self.admin = admin
         self.latency = latency
         self.job_duration = job_duration  # None: jobs stay Running until finish_jobs()
         self.pending_time = pending_time
+        self.executor = executor
         self.lock = threading.RLock()
         self.services: dict[str, _Service] = {}
         self.calls: list[Call] = []
@@ -159,6 +164,8 @@ class OscarEmulator:
                     job.status, job.finish = status, time.time()
 
     def advance(self) -> None:
+        if self.executor is not None:
+            return  # the executor moves its jobs along
         now = time.time()
         for service in self.services.values():
             for job in service.jobs.values():
@@ -266,6 +273,14 @@ def _make_handler(emu: OscarEmulator) -> type[BaseHTTPRequestHandler]:
                 if parts[0] == "services" and len(parts) == 1 and method == "GET":
                     self._json(200, [s.definition for s in emu.services.values()])
                     return 200
+                if parts[0] == "logs" and len(parts) == 3 and method == "GET":
+                    service = emu.services.get(parts[1])
+                    job = service.jobs.get(parts[2]) if service is not None else None
+                    if job is None:
+                        self._send(404)
+                        return 404
+                    self._text(200, job.log)
+                    return 200
                 if parts[0] == "logs" and len(parts) == 2 and method == "GET":
                     service = emu.services.get(parts[1])
                     if service is None:
@@ -331,7 +346,9 @@ def _make_handler(emu: OscarEmulator) -> type[BaseHTTPRequestHandler]:
                         self._text(500, f'jobs.batch "{delegated}" already exists')
                         return 500
                     job_name = delegated
-                service.jobs[job_name] = Job(job_name, name, call.body, time.time())
+                job = service.jobs[job_name] = Job(job_name, name, call.body, time.time())
+            if emu.executor is not None:
+                emu.executor(job)
             self._send(201)
             return 201
 

@@ -26,6 +26,10 @@ __all__ = [
     "RegistrySpec",
     "RetrySpec",
     "RouteSpec",
+    "SandboxDCacheSpec",
+    "SandboxOscarSpec",
+    "SandboxServiceSpec",
+    "SandboxSpec",
     "SaslSpec",
     "SourceSpec",
     "SslSpec",
@@ -386,6 +390,45 @@ class NifiSpec:
     consumers: tuple[str, ...] = spec_field((), doc="consumers deployed as NiFi process groups")
 
 
+# -- sandbox (dcnios up / make demo) ---------------------------------------------------------
+def _port(value: int) -> str | None:
+    return None if 0 < value < 65536 else f"expected a TCP port (1-65535), got {value!r}"
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxDCacheSpec:
+    root: str = spec_field(doc="local directory served as the dCache namespace root (relative to this file)")
+    password: Secret = spec_field(doc="the sandbox user's password (or password_file)")
+    port: int = spec_field(3880, doc="port of the events API and the WebDAV door", check=_port)
+    username: str = spec_field("demo", doc="the one user the sandbox knows")
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxServiceSpec:
+    name: str = spec_field(doc="service name (what consumers[].oscar.service names)", check=_name)
+    script: str = spec_field(doc="script run for each job (relative to this file)")
+    input: str = spec_field("/", doc="dCache directory the job's input file is read from (FDL input path)")
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxOscarSpec:
+    services: tuple[SandboxServiceSpec, ...] = spec_field(doc="services whose jobs run for real")
+    output: str = spec_field(doc="directory collecting each job's outputs (relative to this file)")
+    password: Secret = spec_field(doc="cluster admin password (or password_file)")
+    port: int = spec_field(8080, doc="port of the OSCAR API", check=_port)
+    username: str = spec_field("oscar", doc="cluster admin user (Basic auth; fetches service tokens)")
+    workers: int = spec_field(4, doc="jobs run at once", check=_positive)
+    job_timeout: Duration = spec_field(
+        Duration(300), doc="a job's script is killed after this", check=_positive
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSpec:
+    dcache: SandboxDCacheSpec | None = spec_field(None, doc="a dCache stand-in over a local directory")
+    oscar: SandboxOscarSpec | None = spec_field(None, doc="an OSCAR stand-in that runs scripts")
+
+
 # -- the whole pipeline -------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class PipelineSpec:
@@ -393,6 +436,9 @@ class PipelineSpec:
     sources: tuple[SourceSpec, ...] = spec_field((), doc="dCache sources")
     consumers: tuple[ConsumerSpec, ...] = spec_field((), doc="OSCAR consumers")
     nifi: NifiSpec | None = spec_field(None, doc="NiFi deployment of some consumers")
+    sandbox: SandboxSpec | None = spec_field(
+        None, doc="local stand-ins `dcnios up` starts (never needed in production)"
+    )
 
     def validate(self) -> Problems:
         yield from _unique("sources", [s.name for s in self.sources])

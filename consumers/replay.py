@@ -1,0 +1,206 @@
+"""Re-drive a time window of a consumer's records into its OSCAR service (``dcnios replay``).
+
+It reads in its own group (``<group>-replay``), so the live group's offsets and members are not
+touched. Records are selected by Kafka timestamp (when the producer wrote them), the consumer's
+filter and an optional path glob; the same event twice in the window (a producer replay after a
+crash) is invoked once. The consumer's rate, concurrency, retry policy and job ids apply.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+
+from dcnios.codec import StorageEventCodec
+from dcnios.consumers.dedup import DedupWindow
+from dcnios.consumers.oscar import Attempt, OscarInvoker, invoke_with_retry
+from dcnios.consumers.ratelimit import RateLimiter
+from dcnios.errors import CodecError, KafkaError
+from dcnios.kafka import consumer_config
+from dcnios.spec import ConsumerSpec, PipelineSpec, glob_match
+from dcnios.status import partition_extents
+from dcnios.storage_event import StorageEvent, dedup_key
+
+__all__ = ["ReplayResult", "replay_window"]
+
+logger = logging.getLogger(__name__)
+
+#: progress(done, total): records looked at so far, and records in the window's offset range.
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class ReplayResult:
+    scanned: int = 0
+    invoked: int = 0
+    filtered: int = 0
+    duplicates: int = 0
+    poison: int = 0
+    failed: list[str] = field(default_factory=list)
+
+
+def _start_offsets(consumer: Consumer, topic: str, partitions: list[int], start_ms: int) -> dict[int, int]:
+    wanted = [TopicPartition(topic, p, start_ms) for p in partitions]
+    found = consumer.offsets_for_times(wanted, timeout=10)
+    return {tp.partition: tp.offset for tp in found}
+
+
+def replay_window(
+    spec: PipelineSpec,
+    cs: ConsumerSpec,
+    start_ms: int,
+    end_ms: int,
+    *,
+    path_glob: str | None = None,
+    stop: threading.Event | None = None,
+    progress: Progress | None = None,
+    invoker: OscarInvoker | None = None,
+) -> ReplayResult:
+    stop = stop or threading.Event()
+    extents = partition_extents(spec.kafka, cs.topic)
+    group = f"{cs.group}-replay"
+    consumer = Consumer(consumer_config(spec.kafka, group, **cs.librdkafka))
+    result = ReplayResult()
+    try:
+        starts = _start_offsets(consumer, cs.topic, sorted(extents), start_ms)
+        # offsets_for_times answers -1 when no record is that new: nothing to replay there.
+        ranges = {p: (off, extents[p][1]) for p, off in starts.items() if 0 <= off < extents[p][1]}
+        total = sum(end - begin for begin, end in ranges.values())
+        if progress is not None:
+            progress(0, total)
+        if not ranges:
+            return result
+        consumer.assign([TopicPartition(cs.topic, p, begin) for p, (begin, _) in ranges.items()])
+        _drive(
+            consumer,
+            cs=cs,
+            spec=spec,
+            ranges=ranges,
+            end_ms=end_ms,
+            path_glob=path_glob,
+            stop=stop,
+            progress=progress,
+            total=total,
+            result=result,
+            invoker=invoker,
+        )
+    finally:
+        consumer.close()
+    return result
+
+
+def _drive(
+    consumer: Consumer,
+    *,
+    cs: ConsumerSpec,
+    spec: PipelineSpec,
+    ranges: dict[int, tuple[int, int]],
+    end_ms: int,
+    path_glob: str | None,
+    stop: threading.Event,
+    progress: Progress | None,
+    total: int,
+    result: ReplayResult,
+    invoker: OscarInvoker | None,
+) -> None:
+    codec = StorageEventCodec(spec.kafka.schema_registry)
+    invoker = invoker or OscarInvoker(cs.oscar, cs.concurrency)
+    limiter = RateLimiter(cs.rate.per_second if cs.rate else None)
+    seen = DedupWindow(float("inf"))
+    open_partitions = set(ranges)
+    pending: set[Future[tuple[str, Attempt]]] = set()
+    lock = threading.Lock()
+
+    def settle(done: set[Future[tuple[str, Attempt]]]) -> None:
+        for future in done:
+            where, attempt = future.result()
+            with lock:
+                if attempt.ok:
+                    result.invoked += 1
+                else:
+                    result.failed.append(f"{where}: {attempt.error}")
+
+    with ThreadPoolExecutor(max_workers=cs.concurrency, thread_name_prefix=f"replay-{cs.name}") as pool:
+        while open_partitions and not stop.is_set():
+            msg = consumer.poll(0.2)
+            if msg is None:
+                continue
+            if (err := msg.error()) is not None:
+                raise KafkaError(f"{cs.topic}: {err.str()}")
+            partition, offset = msg.partition(), msg.offset()
+            assert partition is not None and offset is not None
+            if partition not in open_partitions:
+                continue
+            _, end = ranges[partition]
+            if offset + 1 >= end:
+                open_partitions.discard(partition)
+            timestamp = msg.timestamp()[1]
+            if timestamp > end_ms:
+                open_partitions.discard(partition)
+                continue
+            result.scanned += 1
+            if progress is not None:
+                progress(result.scanned, total)
+            job = _select(msg, cs=cs, codec=codec, path_glob=path_glob, seen=seen, result=result)
+            if job is None:
+                continue
+            if not limiter.acquire(stop):
+                break
+            while len(pending) >= cs.concurrency:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                pending -= done
+                settle(done)
+            where = f"{cs.topic}[{partition}]@{offset}"
+            pending.add(pool.submit(_invoke, invoker, cs, job, stop, where))
+        done, _ = wait(pending)
+        settle(done)
+    _commit_position(consumer)
+
+
+def _invoke(
+    invoker: OscarInvoker, cs: ConsumerSpec, event: StorageEvent, stop: threading.Event, where: str
+) -> tuple[str, Attempt]:
+    return where, invoke_with_retry(invoker, cs, event, stop)
+
+
+def _select(
+    msg: Message,
+    *,
+    cs: ConsumerSpec,
+    codec: StorageEventCodec,
+    path_glob: str | None,
+    seen: DedupWindow,
+    result: ReplayResult,
+) -> StorageEvent | None:
+    where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+    try:
+        event = codec.decode(msg.value(), msg.headers(), cs.topic)
+    except CodecError as exc:
+        logger.warning("%s: poison record skipped (%s)", where, exc)
+        result.poison += 1
+        return None
+    if not cs.filter.accepts(event.path, event.mask) or (
+        path_glob is not None and not glob_match(path_glob, event.path)
+    ):
+        result.filtered += 1
+        return None
+    if not seen.first_time(dedup_key(event)):
+        result.duplicates += 1
+        return None
+    return event
+
+
+def _commit_position(consumer: Consumer) -> None:
+    """Record how far the replay read, in its own group, so operators can see that it ran."""
+    try:
+        positions = consumer.position(consumer.assignment())
+        valid = [tp for tp in positions if tp.offset >= 0]
+        if valid:
+            consumer.commit(offsets=valid, asynchronous=False)
+    except KafkaException as exc:  # informational only; the replay itself is done
+        logger.warning("replay position not committed: %s", exc)
