@@ -44,15 +44,14 @@ test-integration: install
 test-reliability: install
 	$(BIN)/pytest -q -m reliability tests
 
-# Placeholder until `dcnios up` lands: the embedded broker plus how to use it.
+# The whole pipeline on embedded defaults: broker, sandbox dCache over demo/inbox, sandbox OSCAR
+# writing checksum reports to demo/outbox. DEMO_ARGS=--once processes the sample batch and exits.
 demo: install
-	@echo "Starting the embedded broker on 127.0.0.1:9092 (Ctrl-C stops it). In another shell:"
-	@echo "  $(BIN)/dcnios topics -c examples/pipeline.yaml"
-	@echo "  $(BIN)/dcnios tail dcache.events -c examples/pipeline.yaml --from-beginning"
-	$(BIN)/dcnios broker --port 9092 $(DEMO_ARGS)
+	mkdir -p demo/inbox demo/outbox
+	$(BIN)/dcnios up -c examples/demo.yaml --seed 24 $(DEMO_ARGS)
 
 bench: install
 	$(BIN)/python bench/run.py $(if $(QUICK),--quick,)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf demo $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -81,6 +81,7 @@ def replay_window(
             cs=cs,
             spec=spec,
             ranges=ranges,
+            start_ms=start_ms,
             end_ms=end_ms,
             path_glob=path_glob,
             stop=stop,
@@ -100,6 +101,7 @@ def _drive(
     cs: ConsumerSpec,
     spec: PipelineSpec,
     ranges: dict[int, tuple[int, int]],
+    start_ms: int,
     end_ms: int,
     path_glob: str | None,
     stop: threading.Event,
@@ -142,6 +144,10 @@ def _drive(
             timestamp = msg.timestamp()[1]
             if timestamp > end_ms:
                 open_partitions.discard(partition)
+                continue
+            if timestamp < start_ms:
+                # The start offset came from offsets_for_times, which some brokers answer loosely
+                # (Tansu gives the first offset for a time after the newest record).
                 continue
             result.scanned += 1
             if progress is not None:

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from dcnios.cli import main
+from dcnios.errors import ConfigError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -55,3 +56,16 @@ def test_schema_prints_json_schema(capsys: pytest.CaptureFixture[str]) -> None:
     assert '"title": "dcnios pipeline spec"' in capsys.readouterr().out
     assert main(["schema", "--avro"]) == 0
     assert '"name": "StorageEvent"' in capsys.readouterr().out
+
+
+def test_replay_times_parse_iso_ages_and_now() -> None:
+    from dcnios.cli.replay import parse_time
+
+    now = 1_800_000_000.0
+    assert parse_time("now", now=now) == 1_800_000_000_000
+    assert parse_time("90m", now=now) == int((now - 5400) * 1000)
+    assert parse_time("1.5h", now=now) == int((now - 5400) * 1000)
+    assert parse_time("2026-11-22T10:00:00Z") == 1_795_341_600_000
+    assert parse_time("2026-11-22T11:00:00+01:00") == 1_795_341_600_000
+    with pytest.raises(ConfigError, match=r"--to: expected an ISO 8601 time, 'now' or an age like 2h, got 'soon'"):
+        parse_time("soon", option="--to")

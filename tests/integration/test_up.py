@@ -1,0 +1,279 @@
+"""`dcnios up`, `status` and `replay` against the real broker and the emulators."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from consumer_harness import event, invoked_names, produce
+from producer_harness import wait_for
+
+from dcnios.broker import free_port
+from dcnios.consumers.replay import replay_window
+from dcnios.control import write_control
+from dcnios.errors import ConfigError
+from dcnios.sandbox.dcache import DCacheEmulator
+from dcnios.sandbox.oscar import OscarEmulator
+from dcnios.spec import load_spec
+from dcnios.stack import Stack
+from dcnios.status import pipeline_status
+
+REPO = Path(__file__).resolve().parents[2]
+DCNIOS = str(Path(sys.executable).with_name("dcnios"))
+
+
+def _demo_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DEMO_DIR": str(tmp_path),
+        "DEMO_DCACHE_PORT": str(free_port()),
+        "DEMO_OSCAR_PORT": str(free_port()),
+    }
+
+
+def test_demo_once_processes_every_sample_file(tmp_path: Path) -> None:
+    """What `make demo DEMO_ARGS=--once` runs, with its own embedded broker and a clean directory."""
+    (tmp_path / "inbox").mkdir()
+    done = subprocess.run(
+        [DCNIOS, "up", "-c", str(REPO / "examples" / "demo.yaml"), "--seed", "12", "--once"],
+        env=_demo_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = dict(
+        line.strip().rsplit("  ", 1)
+        for line in done.stdout.split("summary:\n", 1)[1].splitlines()
+        if line.strip()
+    )
+    parsed = {k.strip(): v.strip() for k, v in summary.items()}
+    assert parsed.items() >= {
+        "files seeded": "12",
+        "jobs run": "12",
+        "outputs written": "12",
+        "lost": "0",
+        "duplicates": "0",
+        "missing": "-",
+    }.items()
+    inputs = sorted((tmp_path / "inbox").glob("sample-*.csv"))
+    assert len(inputs) == 12
+    for path in inputs:
+        report = (tmp_path / "outbox" / "checksum" / f"{path.name}.sha256.txt").read_text()
+        assert f"sha256: {hashlib.sha256(path.read_bytes()).hexdigest()}" in report
+
+
+def _spec_text(bootstrap: str, prefix: str, dcache: str, oscar: str, token: str) -> str:
+    return f"""\
+kafka:
+  bootstrap_servers: "{bootstrap}"
+  internal_prefix: {prefix}
+  topic_defaults: {{partitions: 3}}
+sources:
+  - name: src
+    endpoint: "{dcache}"
+    auth: {{username: alice, password: secret}}
+    paths: [/data/in]
+    topic: {prefix}.events
+consumers:
+  - name: svc
+    topic: {prefix}.events
+    oscar: {{endpoint: "{oscar}", service: svc, token: "{token}"}}
+    librdkafka: {{session.timeout.ms: "6000"}}
+  - name: via-nifi
+    topic: {prefix}.events
+    oscar: {{endpoint: "{oscar}", service: svc, token: "{token}"}}
+nifi:
+  endpoint: https://nifi.invalid/nifi-api
+  auth: {{token: x}}
+  consumers: [via-nifi]
+"""
+
+
+def test_up_against_the_emulators_invokes_every_event_once_and_status_reports_it(
+    tmp_path: Path, bootstrap: str, unique: Callable[[str], str]
+) -> None:
+    prefix = unique("up")
+    with DCacheEmulator() as dcache, OscarEmulator() as oscar:
+        dcache.mkdir("/data/in")
+        token = oscar.add_service("svc")
+        spec_path = tmp_path / "spec.yaml"
+        spec_path.write_text(_spec_text(bootstrap, prefix, dcache.endpoint, oscar.endpoint, token))
+        stack = Stack(load_spec(spec_path), base_dir=str(tmp_path))
+        stack.start()
+        try:
+            assert stack.skipped == ["via-nifi"]
+            assert [c.name for c in stack.components] == ["svc", "src"]
+            assert stack.wait_ready(60)
+            for i in range(40):
+                dcache.upload(f"/data/in/f{i:03d}.dat")
+            wait_for(lambda: len(oscar.job_calls("svc")) >= 40, timeout=60)
+            wait_for(lambda: stack.metric("dcnios_consumer_lag", consumer="svc") == 0, timeout=30)
+
+            status = pipeline_status(stack.spec)
+            (source,) = status["sources"]
+            assert source["name"] == "src"
+            assert source["checkpoint_event_id"] == int(stack.metric("dcnios_producer_last_event_id"))
+            assert source["checkpoint_age_s"] is not None and source["checkpoint_age_s"] < 60
+            svc = next(c for c in status["consumers"] if c["name"] == "svc")
+            assert svc["lag"] == 0 and svc["dlq_depth"] == 0
+            assert sum(p["committed"] or 0 for p in svc["partitions"]) == 40
+            assert svc["rate"] == "unlimited" and svc["rate_source"] == "spec" and svc["paused"] is False
+            nifi = next(c for c in status["consumers"] if c["name"] == "via-nifi")
+            assert nifi["nifi"] is True and nifi["lag"] == 40  # nobody consumes it here
+
+            write_control(stack.spec.kafka, "svc", rate="7/s", paused=True)
+            wait_for(lambda: stack.metric("dcnios_consumer_paused", consumer="svc") == 1, timeout=10)
+            for i in range(5):
+                dcache.upload(f"/data/in/late{i}.dat")
+            wait_for(lambda: stack.metric("dcnios_producer_records_total") >= 45, timeout=20)
+            status = pipeline_status(stack.spec)
+            svc = next(c for c in status["consumers"] if c["name"] == "svc")
+            assert svc["lag"] == 5 and svc["paused"] is True
+            assert svc["rate"] == "7/s" and svc["rate_source"] == "control"
+            write_control(stack.spec.kafka, "svc", paused=False)
+            wait_for(lambda: len(oscar.job_calls("svc")) >= 45, timeout=30)
+        finally:
+            stack.stop()
+        names = invoked_names(oscar.job_calls("svc"))
+        assert sorted(names) == sorted({*names}) and len(names) == 45
+        assert all(not c.ready for c in stack.components)
+
+
+def test_replay_reinvokes_exactly_the_window(
+    tmp_path: Path, bootstrap: str, unique: Callable[[str], str]
+) -> None:
+    prefix = unique("replay")
+    with OscarEmulator() as oscar:
+        token = oscar.add_service("svc")
+        spec_path = tmp_path / "spec.yaml"
+        spec_path.write_text(
+            _spec_text(bootstrap, prefix, "http://127.0.0.1:1/api/v1", oscar.endpoint, token)
+        )
+        spec = load_spec(spec_path)
+        from dcnios.kafka import ensure_topics
+        from dcnios.topics import topic_plan
+
+        ensure_topics(spec.kafka, topic_plan(spec))
+        topic = f"{prefix}.events"
+        produce(bootstrap, topic, [event(i, f"/data/in/old{i}.png") for i in range(10)])
+        time.sleep(0.05)  # Kafka timestamps have millisecond resolution: keep the batches apart
+        boundary = int(time.time() * 1000)
+        time.sleep(0.05)
+        window = [event(100 + i, f"/data/in/{'keep' if i % 2 else 'other'}{i}.png") for i in range(8)]
+        produce(bootstrap, topic, [*window, window[1]])  # a producer replay: same channel and id
+        progress: list[tuple[int, int]] = []
+        result = replay_window(
+            spec,
+            spec.consumer("svc"),
+            boundary,
+            int(time.time() * 1000) + 1000,
+            progress=lambda d, t: progress.append((d, t)),
+        )
+        assert result.invoked == 8 and result.duplicates == 1 and not result.failed
+        assert sorted(invoked_names(oscar.job_calls("svc"))) == sorted(e.name for e in window)
+        assert progress[-1] == (9, 9)
+
+        glob_result = replay_window(
+            spec, spec.consumer("svc"), boundary, int(time.time() * 1000) + 1000, path_glob="/data/in/keep*"
+        )
+        assert glob_result.invoked == 4 and glob_result.filtered == 4
+        assert len(oscar.job_calls("svc")) == 12
+
+        empty = replay_window(spec, spec.consumer("svc"), boundary + 3_600_000, boundary + 7_200_000)
+        assert empty.scanned == 0 and len(oscar.job_calls("svc")) == 12
+
+
+# -- bad input --------------------------------------------------------------------------------------
+def _sandbox_spec(
+    tmp_path: Path, bootstrap: str, prefix: str, *, dport: int, oport: int, script: str
+) -> Path:
+    path = tmp_path / "sandbox.yaml"
+    path.write_text(
+        f"""\
+kafka: {{bootstrap_servers: "{bootstrap}", internal_prefix: {prefix}, topic_defaults: {{partitions: 1}}}}
+sandbox:
+  dcache: {{root: inbox, port: {dport}, password: pw}}
+  oscar:
+    port: {oport}
+    password: pw
+    output: outbox
+    services: [{{name: svc, script: {script}}}]
+sources:
+  - {{name: src, endpoint: "http://127.0.0.1:{dport}/api/v1", auth: {{username: demo, password: pw}},
+      paths: [/], events: [IN_CLOSE_WRITE], topic: {prefix}.events}}
+consumers:
+  - name: svc
+    topic: {prefix}.events
+    oscar: {{endpoint: "http://127.0.0.1:{oport}", service: svc, username: oscar, password: pw}}
+    librdkafka: {{session.timeout.ms: "6000"}}
+"""
+    )
+    return path
+
+
+def test_missing_directory_and_busy_port_are_clear_errors(
+    tmp_path: Path, bootstrap: str, unique: Callable[[str], str]
+) -> None:
+    (tmp_path / "ok.sh").write_text("true\n")
+    spec_path = _sandbox_spec(
+        tmp_path, bootstrap, unique("bad"), dport=free_port(), oport=free_port(), script="ok.sh"
+    )
+    with pytest.raises(ConfigError, match=r"sandbox\.dcache\.root: directory not found: .*inbox"):
+        Stack(load_spec(spec_path), base_dir=str(tmp_path)).start()
+    (tmp_path / "inbox").mkdir()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        spec_path = _sandbox_spec(
+            tmp_path, bootstrap, unique("bad"), dport=free_port(), oport=port, script="ok.sh"
+        )
+        with pytest.raises(ConfigError, match=rf"sandbox\.oscar\.port: port {port} is already in use"):
+            Stack(load_spec(spec_path), base_dir=str(tmp_path)).start()
+    spec_path = _sandbox_spec(
+        tmp_path, bootstrap, unique("bad"), dport=free_port(), oport=free_port(), script="missing.sh"
+    )
+    with pytest.raises(ConfigError, match=r"sandbox\.oscar\.services\[0\]\.script: file not found"):
+        Stack(load_spec(spec_path), base_dir=str(tmp_path)).start()
+
+
+def test_a_broken_script_fails_once_with_the_reason(
+    tmp_path: Path, bootstrap: str, unique: Callable[[str], str]
+) -> None:
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "broken.sh").write_text("#!/bin/sh\necho 'cannot parse input' >&2\nexit 4\n")
+    spec_path = _sandbox_spec(
+        tmp_path, bootstrap, unique("broken"), dport=free_port(), oport=free_port(), script="broken.sh"
+    )
+    done = subprocess.run(
+        [DCNIOS, "up", "-c", str(spec_path), "--seed", "2", "--once", "--timeout", "60"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "script errors     2" in done.stdout
+    assert "broken.sh exited 4: cannot parse input" in done.stderr
+
+
+def test_once_without_seed_is_a_usage_error(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [DCNIOS, "up", "-c", str(REPO / "examples" / "demo.yaml"), "--once"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "ConfigError: --once needs --seed N" in done.stderr
