@@ -134,20 +134,7 @@ def _drive(
                 continue
             if (err := msg.error()) is not None:
                 raise KafkaError(f"{cs.topic}: {err.str()}")
-            partition, offset = msg.partition(), msg.offset()
-            assert partition is not None and offset is not None
-            if partition not in open_partitions:
-                continue
-            _, end = ranges[partition]
-            if offset + 1 >= end:
-                open_partitions.discard(partition)
-            timestamp = msg.timestamp()[1]
-            if timestamp > end_ms:
-                open_partitions.discard(partition)
-                continue
-            if timestamp < start_ms:
-                # The start offset came from offsets_for_times, which some brokers answer loosely
-                # (Tansu gives the first offset for a time after the newest record).
+            if not _in_window(msg, ranges, open_partitions, start_ms, end_ms):
                 continue
             result.scanned += 1
             if progress is not None:
@@ -161,11 +148,30 @@ def _drive(
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 pending -= done
                 settle(done)
-            where = f"{cs.topic}[{partition}]@{offset}"
+            where = f"{cs.topic}[{msg.partition()}]@{msg.offset()}"
             pending.add(pool.submit(_invoke, invoker, cs, job, stop, where))
         done, _ = wait(pending)
         settle(done)
     _commit_position(consumer)
+
+
+def _in_window(
+    msg: Message, ranges: dict[int, tuple[int, int]], open_partitions: set[int], start_ms: int, end_ms: int
+) -> bool:
+    """Whether ``msg`` belongs to the window; closes its partition at the window's end."""
+    partition, offset = msg.partition(), msg.offset()
+    assert partition is not None and offset is not None
+    if partition not in open_partitions:
+        return False
+    if offset + 1 >= ranges[partition][1]:
+        open_partitions.discard(partition)
+    timestamp = msg.timestamp()[1]
+    if timestamp > end_ms:
+        open_partitions.discard(partition)
+        return False
+    # The start offset came from offsets_for_times, which some brokers answer loosely (Tansu
+    # gives the first offset for a time after the newest record): check the timestamp too.
+    return timestamp >= start_ms
 
 
 def _invoke(

@@ -21,6 +21,7 @@ __all__ = [
     "KafkaSpec",
     "NifiAuth",
     "NifiSpec",
+    "NifiTruststore",
     "OscarSpec",
     "PipelineSpec",
     "RegistrySpec",
@@ -382,12 +383,25 @@ class NifiAuth:
 
 
 @dataclass(frozen=True, slots=True)
+class NifiTruststore:
+    path: str = spec_field(doc="trust store file on the NiFi hosts (NiFi cannot read PEM here)")
+    type: Literal["PKCS12", "JKS", "BCFKS"] = spec_field("PKCS12", doc="trust store format")
+    password: Secret | None = spec_field(None, doc="trust store password (or password_file)")
+
+
+@dataclass(frozen=True, slots=True)
 class NifiSpec:
     endpoint: str = spec_field(doc="NiFi REST root, e.g. https://host:8443/nifi-api", check=_url)
     auth: NifiAuth | None = spec_field(None, doc="credentials")
     ca_bundle: str | None = spec_field(None, doc="CA bundle for NiFi's certificate")
     version: Literal[1, 2] = spec_field(2, doc="NiFi major version")
     consumers: tuple[str, ...] = spec_field((), doc="consumers deployed as NiFi process groups")
+    kafka_truststore: NifiTruststore | None = spec_field(
+        None, doc="how NiFi trusts the brokers when kafka.security_protocol is SSL or SASL_SSL"
+    )
+    poll_timeout: Duration = spec_field(
+        Duration(60), doc="how long to wait for NiFi's asynchronous requests", check=_positive
+    )
 
 
 # -- sandbox (dcnios up / make demo) ---------------------------------------------------------

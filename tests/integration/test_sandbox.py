@@ -57,7 +57,9 @@ def _wait_for(predicate: object, timeout: float = 10.0) -> None:
     raise AssertionError("condition not met in time")
 
 
-def test_copying_a_file_in_gives_the_upload_sequence(dcache: tuple[DCacheEmulator, Path], tmp_path: Path) -> None:
+def test_copying_a_file_in_gives_the_upload_sequence(
+    dcache: tuple[DCacheEmulator, Path], tmp_path: Path
+) -> None:
     emu, root = dcache
     cid = _subscribe(emu, "/")
     source = tmp_path / "data.csv"
@@ -200,7 +202,8 @@ def test_worker_pool_is_bounded(tmp_path: Path) -> None:
     marker.mkdir()
     script = _script(
         tmp_path,
-        f'#!/bin/sh\ntouch {marker}/$JOB_UUID\nls {marker} | wc -l >> {tmp_path}/peaks\nsleep 0.3\nrm {marker}/$JOB_UUID\n',
+        f"#!/bin/sh\ntouch {marker}/$JOB_UUID\nls {marker} | wc -l >> {tmp_path}/peaks\n"
+        f"sleep 0.3\nrm {marker}/$JOB_UUID\n",
     )
     runner = JobRunner({"svc": ScriptService("svc", script)}, str(tmp_path / "out"), workers=2)
     with OscarEmulator(executor=runner) as oscar:

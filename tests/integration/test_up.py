@@ -57,14 +57,17 @@ def test_demo_once_processes_every_sample_file(tmp_path: Path) -> None:
         if line.strip()
     )
     parsed = {k.strip(): v.strip() for k, v in summary.items()}
-    assert parsed.items() >= {
-        "files seeded": "12",
-        "jobs run": "12",
-        "outputs written": "12",
-        "lost": "0",
-        "duplicates": "0",
-        "missing": "-",
-    }.items()
+    assert (
+        parsed.items()
+        >= {
+            "files seeded": "12",
+            "jobs run": "12",
+            "outputs written": "12",
+            "lost": "0",
+            "duplicates": "0",
+            "missing": "-",
+        }.items()
+    )
     inputs = sorted((tmp_path / "inbox").glob("sample-*.csv"))
     assert len(inputs) == 12
     for path in inputs:

@@ -67,5 +67,6 @@ def test_replay_times_parse_iso_ages_and_now() -> None:
     assert parse_time("1.5h", now=now) == int((now - 5400) * 1000)
     assert parse_time("2026-11-22T10:00:00Z") == 1_795_341_600_000
     assert parse_time("2026-11-22T11:00:00+01:00") == 1_795_341_600_000
-    with pytest.raises(ConfigError, match=r"--to: expected an ISO 8601 time, 'now' or an age like 2h, got 'soon'"):
+    expected = r"--to: expected an ISO 8601 time, 'now' or an age like 2h, got 'soon'"
+    with pytest.raises(ConfigError, match=expected):
         parse_time("soon", option="--to")
