@@ -1,6 +1,6 @@
 """What dcnios knows of the NiFi components its recipes use, per major version.
 
-From shared/reference/nifi-deploy.md §2.2–§2.4 (property *names*, not display names), plus the
+From shared/reference/nifi-deploy.md §2.2 to §2.4 (property *names*, not display names), plus the
 record services' long-standing names, which NiFi 2.x still accepts (and migrates where it renamed
 them). The offline validator checks generated flows against this table, because NiFi itself
 silently turns an unknown property name into a dynamic property (for InvokeHTTP: a request header).
@@ -67,7 +67,8 @@ COMPONENTS: Final = {
             "org.apache.nifi.kafka.processors.ConsumeKafka",
             "nifi-kafka-nar",
             "Kafka Connection Service|Group ID|Topic Format|Topics|auto.offset.reset|Commit Offsets|"
-            "Max Uncommitted Time|Max Uncommitted Size|Processing Strategy|Message Demarcator|Separate By Key|"
+            "Max Uncommitted Time|Max Uncommitted Size|Processing Strategy|Message Demarcator|"
+            "Separate By Key|"
             "Header Name Pattern|Header Encoding|Header Format|Key Attribute Encoding|Record Reader|"
             "Record Writer|Output Strategy",
             "success|parse failure",
@@ -108,7 +109,8 @@ COMPONENTS: Final = {
         _c(
             "org.apache.nifi.processors.kafka.pubsub.PublishKafka_2_6",
             "nifi-kafka-2-6-nar",
-            "bootstrap.servers|topic|use-transactions|transactional-id-prefix|acks|Failure Strategy|kafka-key|"
+            "bootstrap.servers|topic|use-transactions|transactional-id-prefix|acks|Failure Strategy|"
+            "kafka-key|"
             "message-demarcator|compression.type|attribute-name-regex|" + _KAFKA_1_SECURITY,
             "success|failure",
             services="ssl.context.service|kerberos-user-service",
@@ -152,7 +154,7 @@ COMPONENTS: Final = {
             "HTTP Method|Remote URL|Content-Type|Connection Timeout|Read Timeout|Socket Write Timeout|"
             "idle-timeout|max-idle-connections|disable-http2|SSL Context Service|"
             "Basic Authentication Username|Basic Authentication Password|oauth2-access-token-provider|"
-            "send-message-body|Penalize on \"No Retry\"|Include Date Header|Attributes to Send|"
+            'send-message-body|Penalize on "No Retry"|Include Date Header|Attributes to Send|'
             "Always Output Response|ignore-response-content|Follow Redirects",
             "Original|Response|Retry|No Retry|Failure",
             services="SSL Context Service|oauth2-access-token-provider",

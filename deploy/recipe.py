@@ -105,7 +105,8 @@ class Recipe:
 
     def marker(self) -> str:
         """The group's comments: how a later run recognises its own group and what it deployed."""
-        return f"{MARKER}; consumer={self.consumer}; flow={self.flow_digest}; parameters={self.parameters_digest}"
+        digests = f"flow={self.flow_digest}; parameters={self.parameters_digest}"
+        return f"{MARKER}; consumer={self.consumer}; {digests}"
 
     def flow_json(self) -> bytes:
         return json.dumps(self.flow, indent=1).encode()
@@ -239,7 +240,9 @@ def _parameters(
         params += [
             Parameter("kafka_truststore", store.path),
             Parameter("kafka_truststore_type", store.type),
-            Parameter("kafka_truststore_password", store.password.reveal() if store.password else "", sensitive=True),
+            Parameter(
+                "kafka_truststore_password", store.password.reveal() if store.password else "", sensitive=True
+            ),
         ]
     if kafka.schema_registry is not None:
         params.append(Parameter("schema_registry_url", kafka.schema_registry.url))
@@ -293,7 +296,9 @@ def _fill(node: Any, values: Mapping[str, Any], conditions: Mapping[str, bool]) 
 
 
 def _is_placeholder(value: Any) -> bool:
-    return isinstance(value, str) and value.startswith("{{") and value.endswith("}}") and value.count("{{") == 1
+    return (
+        isinstance(value, str) and value.startswith("{{") and value.endswith("}}") and value.count("{{") == 1
+    )
 
 
 def _holds(condition: str, conditions: Mapping[str, bool]) -> bool:

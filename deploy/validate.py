@@ -49,7 +49,10 @@ _CONNECTION_FIELDS: Final = (
     "zIndex",
     "bends",
 )
-_STRATEGIES: Final = {1: ("TIMER_DRIVEN", "CRON_DRIVEN", "EVENT_DRIVEN", "PRIMARY_NODE_ONLY"), 2: ("TIMER_DRIVEN", "CRON_DRIVEN")}
+_STRATEGIES: Final = {
+    1: ("TIMER_DRIVEN", "CRON_DRIVEN", "EVENT_DRIVEN", "PRIMARY_NODE_ONLY"),
+    2: ("TIMER_DRIVEN", "CRON_DRIVEN"),
+}
 
 
 def _models() -> Any:
@@ -105,7 +108,9 @@ def validate_flow(flow: dict[str, Any], parameters: Iterable[Parameter], version
         problems.append(f"$.flowContents.parameterContextName: {context!r} is not a key of parameterContexts")
     for key, ctx in contexts.items():
         if ctx.get("name") != key or ctx.get("parameters") is None:
-            problems.append(f"$.parameterContexts.{key}: name must equal the key and parameters must be a list")
+            problems.append(
+                f"$.parameterContexts.{key}: name must equal the key and parameters must be a list"
+            )
     services = {s.get("identifier"): s for s in contents.get("controllerServices", [])}
     processors = {p.get("identifier"): p for p in contents.get("processors", [])}
     ids = [*services, *processors, *(c.get("identifier") for c in contents.get("connections", []))]
@@ -121,9 +126,13 @@ def validate_flow(flow: dict[str, Any], parameters: Iterable[Parameter], version
         if (processor.get("concurrentlySchedulableTaskCount") or 0) < 1:
             problems.append(f"{where}: concurrentlySchedulableTaskCount must be at least 1")
         if processor.get("schedulingStrategy") not in _STRATEGIES[version]:
-            problems.append(f"{where}: schedulingStrategy {processor.get('schedulingStrategy')!r} not in NiFi {version}.x")
+            problems.append(
+                f"{where}: schedulingStrategy {processor.get('schedulingStrategy')!r} not in NiFi {version}.x"
+            )
         if processor.get("scheduledState") != "ENABLED":
-            problems.append(f"{where}: scheduledState must be ENABLED (DISABLED processors are never started)")
+            problems.append(
+                f"{where}: scheduledState must be ENABLED (DISABLED processors are never started)"
+            )
         problems += _component_problems(processor, where, version, services, params)
     problems += _connection_problems(contents.get("connections", []), processors)
     return problems
@@ -153,7 +162,9 @@ def _component_problems(
         if name in known.sensitive and not descriptors.get(name, {}).get("sensitive") and dynamic:
             problems.append(f"{where}: dynamic property {name!r} must be declared sensitive")
         if name in known.service_properties and value not in services:
-            problems.append(f"{where}: property {name!r} names no controller service in this flow ({value!r})")
+            problems.append(
+                f"{where}: property {name!r} names no controller service in this flow ({value!r})"
+            )
         problems += _parameter_problems(where, name, value, sensitive, params)
     return problems
 
@@ -167,10 +178,14 @@ def _parameter_problems(
     for ref in refs:
         param = params.get(ref)
         if param is None:
-            problems.append(f"{where}: property {name!r} references parameter #{{{ref}}}, which is not created")
+            problems.append(
+                f"{where}: property {name!r} references parameter #{{{ref}}}, which is not created"
+            )
         elif param.sensitive != sensitive:
             state = "sensitive" if param.sensitive else "not sensitive"
-            problems.append(f"{where}: property {name!r}: parameter #{{{ref}}} is {state}, the property is not")
+            problems.append(
+                f"{where}: property {name!r}: parameter #{{{ref}}} is {state}, the property is not"
+            )
     if sensitive and value is not None and not re.fullmatch(r"#\{[^}]*\}", text):
         problems.append(f"{where}: sensitive property {name!r} must be exactly one #{{parameter}}")
     return problems
