@@ -22,6 +22,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from dcnios.errors import OscarError
+from dcnios.http import TrustedSession
 from dcnios.spec import ConsumerSpec, OscarSpec
 from dcnios.storage_event import StorageEvent, dcache_envelope, dedup_key
 
@@ -91,7 +92,7 @@ class OscarInvoker:
 
     def __init__(self, spec: OscarSpec, pool_size: int, session: requests.Session | None = None) -> None:
         self.spec = spec
-        self.session = session or requests.Session()
+        self.session = session or TrustedSession()
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(pool_size, 1), max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
@@ -193,7 +194,7 @@ class PendingJobsGate:
     def __init__(self, spec: OscarSpec, limit: int, session: requests.Session | None = None) -> None:
         self.spec = spec
         self.limit = limit
-        self.session = session or requests.Session()
+        self.session = session or TrustedSession()
         self.session.verify = spec.ca_bundle or True
         self.url = f"{spec.endpoint.rstrip('/')}/system/logs/{spec.service}"
         self._cond = threading.Condition()

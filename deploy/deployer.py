@@ -171,13 +171,21 @@ class NifiDeployer:
                 recipe,
                 group,
             )
-        if digests.get("parameters") != recipe.parameters_digest:
-            changed = self._changed_parameters(recipe)
-            detail = ", ".join(p.name for p in changed) or "parameters"
+        # Sensitive values read back masked: the marker's digest tells whether they changed. The
+        # others are compared with what NiFi holds, which also catches `dcnios nifi rate` drift.
+        changed = self._changed_parameters(
+            recipe, sensitive=digests.get("parameters") != recipe.parameters_digest
+        )
+        if changed:
+            detail = ", ".join(p.name for p in changed)
             return PlanItem(consumer.name, recipe.group_name, "update parameters", detail), recipe, group
         return PlanItem(consumer.name, recipe.group_name, "unchanged"), recipe, group
 
-    def _changed_parameters(self, recipe: Recipe) -> list[Parameter]:
+    def _changed_parameters(self, recipe: Recipe, *, sensitive: bool) -> list[Parameter]:
+        """Parameters to send: non-sensitive ones that differ, and every sensitive one if ``sensitive``.
+
+        Never post back a value read from NiFi: sensitive ones read as "********" (NIFI-13904).
+        """
         context = self._context(recipe.context_name)
         if context is None:
             return list(recipe.parameters)
@@ -185,9 +193,11 @@ class NifiDeployer:
             p["parameter"]["name"]: p["parameter"].get("value")
             for p in context.get("component", {}).get("parameters", [])
         }
-        # Sensitive values read back as "********"; they are compared through the marker digest,
-        # so send every sensitive parameter again (never post back what was read: NIFI-13904).
-        return [p for p in recipe.parameters if p.sensitive or current.get(p.name) != p.value]
+        return [
+            p
+            for p in recipe.parameters
+            if (p.sensitive and sensitive) or (not p.sensitive and current.get(p.name) != p.value)
+        ]
 
     def apply(self, names: list[str] | None = None) -> list[PlanItem]:
         self.discover()
@@ -198,7 +208,7 @@ class NifiDeployer:
                 self._create(recipe)
             elif item.action == "update parameters":
                 assert group is not None
-                self._update_parameters(recipe.context_name, self._changed_parameters(recipe))
+                self._update_parameters(recipe.context_name, self._changed_parameters(recipe, sensitive=True))
                 self._set_marker(group["id"], recipe)
             elif item.action == "replace flow":
                 assert group is not None

@@ -16,6 +16,7 @@ from typing import Any, Final
 import requests
 
 from dcnios.errors import ConfigError, NiFiError
+from dcnios.http import TrustedSession
 from dcnios.spec import NifiSpec
 
 __all__ = ["NifiClient", "new_session"]
@@ -26,7 +27,7 @@ _TIMEOUT: Final = (10, 60)
 
 
 def new_session(spec: NifiSpec) -> requests.Session:
-    session = requests.Session()
+    session = TrustedSession()
     session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
     session.verify = spec.ca_bundle or True
     if spec.auth is not None and spec.auth.cert is not None:
@@ -87,7 +88,7 @@ class NifiClient:
         params: dict[str, str] | None = None,
         data: dict[str, str] | None = None,
         files: dict[str, Any] | None = None,
-        expect: tuple[int, ...] = (200, 201),
+        expect: tuple[int, ...] = (200, 201, 202),
     ) -> Any:
         """JSON (or text) of a successful call; NiFiError naming the call, status and message."""
         if self._token is None and not self._logged_in:

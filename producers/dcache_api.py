@@ -14,6 +14,7 @@ from typing import Any, Final
 import requests
 
 from dcnios.errors import ChannelGoneError, DCacheError
+from dcnios.http import TrustedSession
 from dcnios.spec import SourceSpec
 
 __all__ = ["Child", "DCacheClient", "new_session"]
@@ -32,7 +33,7 @@ class Child:
 
 def new_session(source: SourceSpec) -> requests.Session:
     """A session with the source's credentials and trust. TLS verification stays on."""
-    session = requests.Session()
+    session = TrustedSession()
     session.verify = source.ca_bundle or True
     auth = source.auth
     if auth is not None:

@@ -106,10 +106,14 @@ def _deployer(args: argparse.Namespace, *, offline_ok: bool = False) -> Any:
             try:
                 return spec_authorization(consumer)
             except OscarError as exc:
-                logger.warning("%s: OSCAR token not fetched (%s); the plan cannot compare it", consumer.name, exc)
+                logger.warning(
+                    "%s: OSCAR token not fetched (%s); the plan cannot compare it", consumer.name, exc
+                )
                 return "Bearer (fetched at deploy time)"
 
-    return NifiDeployer(spec, NifiClient(spec.nifi), partitions=_partitions(spec), authorization=authorization)
+    return NifiDeployer(
+        spec, NifiClient(spec.nifi), partitions=_partitions(spec), authorization=authorization
+    )
 
 
 def _deploy(args: argparse.Namespace) -> int:
