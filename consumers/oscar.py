@@ -24,7 +24,7 @@ from requests.adapters import HTTPAdapter
 from dcnios.errors import OscarError
 from dcnios.http import TrustedSession
 from dcnios.spec import ConsumerSpec, OscarSpec
-from dcnios.storage_event import StorageEvent, dcache_envelope, dedup_key
+from dcnios.storage_event import StorageEvent, dcache_envelope, dedup_key, record_json
 
 __all__ = [
     "Attempt",
@@ -55,7 +55,7 @@ def payload_for(event: StorageEvent, mode: str) -> bytes:
     """``dcache``: the byte-exact dCache envelope; ``record``: the record as compact JSON."""
     if mode == "dcache":
         return dcache_envelope(event)
-    return json.dumps(event.to_avro(), separators=(",", ":"), ensure_ascii=False).encode()
+    return record_json(event)
 
 
 def job_id_for(event: StorageEvent, service: str) -> str:

@@ -8,9 +8,12 @@ would fail verification. Proxies and the rest of the environment still apply.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
+
+if TYPE_CHECKING:
+    from requests.sessions import _Settings
 
 __all__ = ["TrustedSession"]
 
@@ -20,8 +23,8 @@ class TrustedSession(requests.Session):
 
     def merge_environment_settings(
         self, url: str | bytes | None, proxies: Any, stream: Any, verify: Any, cert: Any
-    ) -> dict[str, Any]:
-        settings: dict[str, Any] = super().merge_environment_settings(url, proxies, stream, verify, cert)
+    ) -> _Settings:
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
         if verify is None:
             settings["verify"] = self.verify
         return settings

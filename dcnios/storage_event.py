@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-__all__ = ["StorageEvent", "dcache_envelope", "dedup_key", "now_millis"]
+__all__ = ["StorageEvent", "dcache_envelope", "dedup_key", "now_millis", "record_json"]
 
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -99,6 +99,32 @@ def _jackson_string(text: str) -> str:
             out.append(ch)
     out.append('"')
     return "".join(out)
+
+
+def record_json(event: StorageEvent) -> bytes:
+    """The record as compact JSON in schema field order, nulls kept, strings escaped as Jackson does.
+
+    This is what NiFi's JsonRecordSetWriter writes for the same Avro record, so the NiFi recipe
+    and ``dcnios-consumer`` send the same bytes in ``payload: record`` mode.
+    """
+    parts = []
+    for key, value in event.to_avro().items():
+        parts.append(f'"{key}":{_jackson_value(value)}')
+    return ("{" + ",".join(parts) + "}").encode("utf-8")
+
+
+def _jackson_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return _jackson_string(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_jackson_value(v) for v in value) + "]"
+    raise TypeError(f"no JSON form for {type(value).__name__}")
 
 
 def dcache_envelope(event: StorageEvent) -> bytes:

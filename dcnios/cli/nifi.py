@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _partitions(spec: PipelineSpec) -> Any:
     """ConsumeKafka's concurrent tasks follow the topic's partitions: ask Kafka, else the default."""
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
+    from confluent_kafka.admin import AdminClient
 
     from dcnios.kafka import client_config
 
