@@ -63,13 +63,32 @@ def wait_for_metadata(bootstrap: str, timeout: float = _READY_TIMEOUT) -> None:
     raise BrokerError(f"broker at {bootstrap} did not answer metadata within {timeout:.0f}s: {last}")
 
 
+def _wait_for_port(host: str, port: int, timeout: float = _READY_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            if probe.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise BrokerError(f"broker on {host}:{port} did not listen within {timeout:.0f}s")
+
+
 class EmbeddedBroker:
     """Start Tansu on 127.0.0.1:``port`` and stop it again; usable as a context manager."""
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1", log_path: str | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        log_path: str | None = None,
+        *,
+        advertised_port: int | None = None,
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.log_path = log_path
+        # A TLS terminator in front of the broker (tests) must be what clients are told to use.
+        self.advertised_port = advertised_port
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -82,13 +101,14 @@ class EmbeddedBroker:
             if probe.connect_ex((self.host, self.port)) == 0:
                 raise BrokerError(f"port {self.port} on {self.host} is already in use")
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.host}:{self.advertised_port or self.port}"
         args = [
             str(binary),
             "broker",
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            advertised,
             "--storage-engine",
             "memory://tansu/",
         ]
@@ -99,7 +119,10 @@ class EmbeddedBroker:
             if self.log_path:
                 log.close()  # type: ignore[union-attr]
         try:
-            wait_for_metadata(self.bootstrap)
+            if self.advertised_port is None:
+                wait_for_metadata(self.bootstrap)
+            else:
+                _wait_for_port(self.host, self.port)
         except BrokerError:
             code = self._proc.poll()
             self.stop()
