@@ -65,6 +65,12 @@ class _Service:
     jobs: dict[str, Job] = field(default_factory=dict)
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients killed mid-request (the kill -9 scenarios) reset connections: not an emulator error.
+        logger.debug("connection from %s ended abruptly", client_address)
+
+
 class OscarEmulator:
     """An OSCAR cluster on 127.0.0.1. Jobs go Pending → Running → Succeeded on a timer."""
 
@@ -89,7 +95,7 @@ class OscarEmulator:
         self.services: dict[str, _Service] = {}
         self.calls: list[Call] = []
         self.fault: Fault | None = None
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _make_handler(self))
+        self._server = _QuietServer(("127.0.0.1", port), _make_handler(self))
         self._server.daemon_threads = True
         self._server.request_queue_size = 256
 
@@ -228,6 +234,11 @@ def _make_handler(emu: OscarEmulator) -> type[BaseHTTPRequestHandler]:
             call = Call(self.command, path, dict(self.headers.items()), body, time.time())
             with emu.lock:
                 emu.calls.append(call)
+            if len(body) < length:
+                # The client went away mid-body: io.ReadAll fails and OSCAR answers 500 (§4.1 step 6).
+                call.status = 500
+                self.close_connection = True
+                return
             status = self._route(call)
             call.status = status
 

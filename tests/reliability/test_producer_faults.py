@@ -1,0 +1,184 @@
+"""Producer-side faults: kill -9, dropped streams, lost channels, overrun backlogs, bad frames."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from harness import Pacer, Tally, count, paths_in, producer, read_all, wait_for, write_spec
+
+from dcnios.broker import free_port
+from dcnios.producers.run import SourceRunner
+from dcnios.sandbox.dcache import DCacheEmulator
+from dcnios.topics import gaps_topic
+
+FULL = pytest.param(True, marks=pytest.mark.reliability, id="full")
+REDUCED = pytest.param(False, id="reduced")
+
+
+def _source_spec(tmp: Path, bootstrap: str, prefix: str, endpoint: str) -> tuple:  # type: ignore[type-arg]
+    return write_spec(
+        tmp,
+        f"""\
+kafka: {{bootstrap_servers: "{bootstrap}", internal_prefix: {prefix}, topic_defaults: {{partitions: 3}}}}
+sources:
+  - name: src
+    endpoint: "{endpoint}"
+    auth: {{username: alice, password: secret}}
+    paths: [/in]
+    topic: {prefix}.events
+    reconnect_backoff: 50ms
+    reconnect_backoff_max: 500ms
+""",
+    )
+
+
+def _wait_all_recorded(spec, topic: str, expected: set[str], timeout: float = 180) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    result = (len(expected), 0)
+
+    def done() -> bool:
+        nonlocal result
+        result = count(paths_in(spec, topic), expected)
+        return result[0] == 0
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not done():
+        time.sleep(3)
+    return result
+
+
+def _subscribed(dcache: DCacheEmulator) -> bool:
+    with dcache.lock:
+        return any(ch.subs and ch.conn is not None for ch in dcache.channels.values())
+
+
+@pytest.mark.parametrize("full", [REDUCED, FULL])
+def test_producer_kill9_during_uploads(
+    tmp_path: Path, bootstrap: str, unique: Callable[[str], str], tally: list[Tally], full: bool
+) -> None:
+    n, kills, rate = (20000, 10, 500) if full else (1500, 3, 300)
+    with DCacheEmulator(port=free_port()) as dcache:
+        dcache.mkdir("/in")
+        spec, path = _source_spec(tmp_path, bootstrap, unique("kill9p"), dcache.endpoint)
+        topic = spec.sources[0].topic
+        child = producer(path).start()
+        wait_for(lambda: _subscribed(dcache), 60, "producer subscribed")
+        pacer = Pacer(n, rate, lambda i: dcache.upload(f"/in/f{i:06d}.dat", 10)).start()
+        interval = n / rate / (kills + 1)
+        for _ in range(kills):
+            time.sleep(interval)
+            child.kill9()
+            time.sleep(0.3)
+            child.start()
+        pacer.done.wait()
+        assert not pacer.errors
+        lost, dups = _wait_all_recorded(spec, topic, {f"/in/f{i:06d}.dat" for i in range(n)})
+        child.stop()
+    tally.append(
+        Tally(
+            f"producer kill -9 x{kills} during uploads", n, lost, dups, notes="replays since the checkpoint"
+        )
+    )
+    assert lost == 0
+    assert dups <= kills * rate * 5  # at most a few seconds of events per kill are replayed
+
+
+@pytest.mark.reliability
+def test_sse_connections_dropped_every_500_events(
+    tmp_path: Path, bootstrap: str, unique: Callable[[str], str], tally: list[Tally]
+) -> None:
+    n = 10000
+    with DCacheEmulator() as dcache:
+        dcache.mkdir("/in")
+        spec, _ = _source_spec(tmp_path, bootstrap, unique("drops"), dcache.endpoint)
+        stop = threading.Event()
+        runner = SourceRunner(spec, spec.sources[0], stop=stop)
+        thread = threading.Thread(target=runner.run, daemon=True)
+        thread.start()
+        wait_for(runner.ready.is_set, 60, "producer ready")
+
+        def upload(i: int) -> None:
+            dcache.upload(f"/in/f{i:06d}.dat", 10)
+            if i % 500 == 499:
+                dcache.drop_connections()
+
+        pacer = Pacer(n, 1000, upload).start()
+        pacer.done.wait()
+        lost, dups = _wait_all_recorded(spec, spec.sources[0].topic, {f"/in/f{i:06d}.dat" for i in range(n)})
+        stop.set()
+        thread.join(60)
+    tally.append(
+        Tally("SSE dropped every 500 events", n, lost, dups, notes=f"{n // 500} reconnects (Last-Event-ID)")
+    )
+    assert lost == 0
+
+
+@pytest.mark.reliability
+def test_channel_expiry_and_frontend_restart(
+    tmp_path: Path, bootstrap: str, unique: Callable[[str], str], tally: list[Tally]
+) -> None:
+    n = 3000
+    with DCacheEmulator() as dcache:
+        dcache.mkdir("/in")
+        spec, _ = _source_spec(tmp_path, bootstrap, unique("expiry"), dcache.endpoint)
+        stop = threading.Event()
+        runner = SourceRunner(spec, spec.sources[0], stop=stop)
+        thread = threading.Thread(target=runner.run, daemon=True)
+        thread.start()
+        wait_for(runner.ready.is_set, 60, "producer ready")
+        third = n // 3
+        for i in range(n):
+            if i == third:
+                dcache.expire_channels()  # every channel gone: the stream's events are lost
+            if i == 2 * third:
+                dcache.restart()  # SHUTDOWN, then every channel lost
+            dcache.upload(f"/in/f{i:06d}.dat", 10)
+            if i % 200 == 0:
+                time.sleep(0.05)
+        lost, dups = _wait_all_recorded(spec, spec.sources[0].topic, {f"/in/f{i:06d}.dat" for i in range(n)})
+        stop.set()
+        thread.join(60)
+        gaps = len(read_all(spec, gaps_topic(spec.kafka)))
+    tally.append(
+        Tally(
+            "channel expiry + frontend restart",
+            n,
+            lost,
+            dups,
+            notes=f"{gaps} gap records; reconciled by listing",
+        )
+    )
+    assert lost == 0 and gaps >= 2
+
+
+@pytest.mark.reliability
+def test_backlog_overrun_during_a_long_disconnect(
+    tmp_path: Path, bootstrap: str, unique: Callable[[str], str], tally: list[Tally]
+) -> None:
+    first, missed = 300, 1000
+    with DCacheEmulator(port=free_port(), backlog=200) as dcache:
+        dcache.mkdir("/in")
+        spec, path = _source_spec(tmp_path, bootstrap, unique("overrun"), dcache.endpoint)
+        topic = spec.sources[0].topic
+        child = producer(path).start()
+        wait_for(lambda: _subscribed(dcache), 60, "producer subscribed")
+        for i in range(first):
+            dcache.upload(f"/in/f{i:06d}.dat", 10)
+        expected = {f"/in/f{i:06d}.dat" for i in range(first)}
+        assert _wait_all_recorded(spec, topic, expected)[0] == 0
+        child.kill9()
+        for i in range(first, first + missed):  # 5 events each: far beyond the 200-event backlog
+            dcache.upload(f"/in/f{i:06d}.dat", 10)
+        child.start()
+        expected = {f"/in/f{i:06d}.dat" for i in range(first + missed)}
+        lost, dups = _wait_all_recorded(spec, topic, expected)
+        child.stop()
+        gaps = [v for v, _ in read_all(spec, gaps_topic(spec.kafka))]
+    tally.append(
+        Tally("EVENT_LOSS after a backlog overrun", first + missed, lost, dups, notes="reconciled by listing")
+    )
+    assert lost == 0
+    assert any(b"EVENT_LOSS" in (g or b"") for g in gaps)
