@@ -78,6 +78,11 @@ def producer_config(kafka: KafkaSpec, **overrides: str) -> RdConf:
             "queue.buffering.max.kbytes": "8192",
         }
     )
+    # A record not acknowledged within a minute means the broker side is broken (a broker that
+    # lost its state no longer knows the idempotent producer id, and the batch is retried
+    # forever): fail, so the runner restarts from its checkpoint with a new producer. The default
+    # of 5 minutes would stall the pipeline that long. kafka.librdkafka may set another value.
+    conf.setdefault("message.timeout.ms", "60000")
     conf.update(overrides)
     return conf
 

@@ -86,7 +86,11 @@ kafka:
   ssl: {{{ssl}}}
   topic_defaults: {{partitions: 2}}
 sources:
-  - {{name: src, endpoint: "{dcache}", auth: {{username: alice, password: secret}}, paths: [/in], topic: tls.events}}
+  - name: src
+    endpoint: "{dcache}"
+    auth: {{username: alice, password: secret}}
+    paths: [/in]
+    topic: tls.events
 consumers:
   - name: svc
     topic: tls.events

@@ -65,8 +65,10 @@ consumers:
         log = tmp_path / "up.log"
         with log.open("wb") as sink:
             up = subprocess.Popen(
-                [str(BIN / "dcnios"), "up", "-c", str(spec), "--plain", "--interval", "1"]
-                + ["--metrics-port", str(metrics_port), "--log-level", "DEBUG"],
+                [
+                    *(str(BIN / "dcnios"), "up", "-c", str(spec), "--plain", "--interval", "1"),
+                    *("--metrics-port", str(metrics_port), "--log-level", "DEBUG"),
+                ],
                 env=env,
                 stdout=sink,
                 stderr=subprocess.STDOUT,

@@ -32,7 +32,8 @@ kafka: {{bootstrap_servers: "{bootstrap}", internal_prefix: {prefix}, topic_defa
 consumers:
   - name: svc
     topic: {prefix}.events
-    oscar: {{endpoint: "{oscar}", service: svc, username: oscar, password: oscar123, timeout: 1s{oscar_extra}}}
+    oscar:
+      {{endpoint: "{oscar}", service: svc, username: oscar, password: oscar123, timeout: 1s{oscar_extra}}}
     concurrency: 32
     retry: {{max_attempts: 6, initial_backoff: 20ms, max_backoff: 200ms}}
     librdkafka: {{session.timeout.ms: "6000", heartbeat.interval.ms: "500"}}
@@ -190,7 +191,11 @@ def test_bad_input_flood(
             f"""\
 kafka: {{bootstrap_servers: "{bootstrap}", internal_prefix: {prefix}, topic_defaults: {{partitions: 3}}}}
 sources:
-  - {{name: src, endpoint: "{dcache.endpoint}", auth: {{username: alice, password: secret}}, paths: [/in], topic: {prefix}.events}}
+  - name: src
+    endpoint: "{dcache.endpoint}"
+    auth: {{username: alice, password: secret}}
+    paths: [/in]
+    topic: {prefix}.events
 consumers:
   - name: svc
     topic: {prefix}.events
