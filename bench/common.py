@@ -12,6 +12,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dcnios.broker import EmbeddedBroker
+from dcnios.codec import StorageEventCodec
+from dcnios.spec import PipelineSpec
+from dcnios.storage_event import StorageEvent, now_millis
+
+#: Raw samples for the plots (bench/plots.py), filled by the benchmarks of one run.
+SERIES: dict[str, Any] = {}
 
 
 @dataclass
@@ -73,3 +79,33 @@ def wait(predicate: Any, timeout: float, step: float = 0.005) -> float:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def produce_names(spec: PipelineSpec, names: list[str]) -> None:
+    """Records for /in/<name> on the first consumer's topic, as the producer would write them."""
+    from confluent_kafka import Producer
+
+    topic = spec.consumers[0].topic
+    codec = StorageEventCodec()
+    producer = Producer({"bootstrap.servers": spec.kafka.bootstrap_servers, "linger.ms": 5})
+    for i, name in enumerate(names):
+        event = StorageEvent(
+            "src",
+            f"/in/{name}",
+            name,
+            ("IN_CLOSE_WRITE",),
+            None,
+            False,
+            "ch",
+            i,
+            "http://d/api/v1/events/channels/ch/subscriptions/inotify/AAB",
+            now_millis(),
+        )
+        value, headers = codec.encode(event, topic)
+        while True:
+            try:
+                producer.produce(topic, value, event.key, headers=headers)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(60)

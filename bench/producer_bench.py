@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from common import Result, percentile, rss_mb, wait
+from common import SERIES, Result, percentile, rss_mb, wait
 from confluent_kafka import Producer, TopicPartition
 
 from dcnios.codec import StorageEventCodec
@@ -170,6 +170,7 @@ def latency(bootstrap: str, rate: int, seconds: float) -> list[Result]:
         stop.set()
         thread.join(30)
     lat = [x * 1000 for x in runner.latencies]
+    SERIES["producer_ack_ms"] = lat
     params = {"rate": rate, "seconds": seconds, "from": "SSE frame read", "to": "record acknowledged"}
     return [
         Result("producer", "event-to-ack p50", percentile(lat, 0.50), "ms", parameters=params),

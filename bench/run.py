@@ -16,8 +16,10 @@ import time
 from pathlib import Path
 
 import consumer_bench
+import e2e_bench
+import plots
 import producer_bench
-from common import Result, broker
+from common import SERIES, Result, broker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,9 +57,13 @@ def main() -> int:
     with broker() as bootstrap:
         results = producer_bench.run(bootstrap, args.quick)
         results += consumer_bench.run(bootstrap, args.quick)
+        results += e2e_bench.run(bootstrap, args.quick)
     command = "make bench" + (" QUICK=1" if args.quick else "")
     (ROOT / "bench" / "results.json").write_text(json.dumps([r.to_json() for r in results], indent=2) + "\n")
     text = render(results, command)
+    images = plots.render(SERIES, ROOT / "bench")
+    if images:
+        text += "\n" + "\n".join(f"![{p.stem}](bench/{p.name})" for p in images) + "\n"
     notes = ROOT / "bench" / "NOTES.md"
     if notes.exists():
         text += "\n" + notes.read_text()

@@ -125,6 +125,7 @@ class ConsumerRunner:
                 "achieved",
                 "paused",
                 "pending_jobs",
+                "fetch_delay",
             )
         }
 
@@ -235,6 +236,9 @@ class ConsumerRunner:
         if key not in self.assignment:
             return
         self.tracker.add(topic, partition, offset)
+        kind, written_ms = msg.timestamp()
+        if kind != 0:  # 0: the record has no timestamp
+            self._m["fetch_delay"].observe(max(0.0, time.time() - written_ms / 1000))
         try:
             event = self.codec.decode(msg.value(), msg.headers(), topic)
         except CodecError as exc:

@@ -140,6 +140,13 @@ class ConsumerMetrics:
         self.lag = Gauge(
             "dcnios_consumer_lag", "records not yet committed", [*labels, "topic", "partition"], registry=r
         )
+        self.fetch_delay = Histogram(
+            "dcnios_consumer_fetch_delay_seconds",
+            "record written to Kafka -> fetched by this consumer (queueing in Kafka)",
+            labels,
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+        )
         self.pending_jobs = Gauge(
             "dcnios_consumer_pending_jobs", "Pending+Running jobs (max_pending_jobs)", labels, registry=r
         )

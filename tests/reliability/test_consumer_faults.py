@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from harness import Child, Tally, consumer, invoked, produce_events, read_all, wait_for, write_spec
+from harness import Child, Tally, consumer, invoked, paths_in, produce_events, read_all, wait_for, write_spec
 
 from dcnios.consumers.run import ConsumerRunner
 from dcnios.producers.run import SourceRunner
@@ -55,14 +55,16 @@ def test_consumer_kill9_with_work_in_flight(
         names = [f"f{i:06d}.dat" for i in range(n)]
         produce_events(bootstrap, spec.consumers[0].topic, names)
         child = consumer(path).start()
-        for k in range(kills):
-            # Kill while calls are in flight, each time a bit further into the stream.
-            target = (k + 1) * n // (kills + 2)
-            wait_for(lambda t=target: len(oscar.job_calls("svc")) >= t, 300, f"{target} invocations")
-            child.kill9()
-            child.start()
-        wait_for(lambda: set(names) <= set(invoked(oscar.job_calls("svc"))), 600, "every record invoked")
-        child.stop()
+        try:
+            for k in range(kills):
+                # Kill while calls are in flight, each time a bit further into the stream.
+                target = (k + 1) * n // (kills + 2)
+                wait_for(lambda t=target: len(oscar.job_calls("svc")) >= t, 300, f"{target} invocations")
+                child.kill9()
+                child.start()
+            wait_for(lambda: set(names) <= set(invoked(oscar.job_calls("svc"))), 600, "every record invoked")
+        finally:
+            child.stop()
         accepted = invoked(oscar.job_calls("svc"))
         jobs = len(oscar.services["svc"].jobs)
     duplicates = jobs - n
@@ -113,29 +115,31 @@ def test_oscar_5xx_timeouts_and_a_token_rotation(
         child = consumer(path).start()
         dlq_topic = spec.consumers[0].dead_letter_topic
 
-        def settled() -> bool:
-            done = set(invoked(oscar.job_calls("svc")))
-            if len(done) < n * 0.9:
-                return False
-            dead = {h for v, hs in read_all(spec, dlq_topic) for k, h in hs if k == "dcnios-path"}
-            return {f"/in/{x}" for x in names} <= {f"/in/{x}" for x in done} | {
-                h.decode() if isinstance(h, bytes) else str(h) for h in dead
-            }
+        expected = {f"/in/{x}" for x in names}
 
-        wait_for(settled, 600, "every record invoked or dead-lettered")
-        child.stop()
-        done = set(invoked(oscar.job_calls("svc")))
-        dead = len(read_all(spec, dlq_topic))
+        def settled() -> bool:
+            done = {f"/in/{x}" for x in invoked(oscar.job_calls("svc"))}
+            if len(done) < n * 0.8:
+                return False
+            return expected <= done | set(paths_in(spec, dlq_topic))
+
+        try:
+            wait_for(settled, 600, "every record invoked or dead-lettered")
+        finally:
+            child.stop()
+        done = {f"/in/{x}" for x in invoked(oscar.job_calls("svc"))}
+        dead = paths_in(spec, dlq_topic)
     tally.append(
         Tally(
             "OSCAR 30% 5xx + 3% timeouts + token rotation",
             n,
-            0,
+            len(expected - done - set(dead)),
             len(oscar.job_calls("svc")) - len(done),
-            dead,
-            notes="each record invoked or in the DLQ",
+            len(dead),
+            notes="each record invoked (201) or in the DLQ",
         )
     )
+    assert expected <= done | set(dead)
 
 
 @pytest.mark.reliability
@@ -152,15 +156,17 @@ def test_rebalance_storm(
         changes = 0
         deadline = time.monotonic() + 600
         rng = random.Random(3)
-        while not set(names) <= set(invoked(oscar.job_calls("svc"))) and time.monotonic() < deadline:
-            time.sleep(3)
-            leaving = members.pop(rng.randrange(len(members)))
-            leaving.stop()  # a graceful leave: drain, commit, close
-            members.append(consumer(path, tag=str(changes + 3)).start())
-            changes += 1
-        wait_for(lambda: set(names) <= set(invoked(oscar.job_calls("svc"))), 300, "every record invoked")
-        for member in members:
-            member.stop()
+        try:
+            while not set(names) <= set(invoked(oscar.job_calls("svc"))) and time.monotonic() < deadline:
+                time.sleep(3)
+                leaving = members.pop(rng.randrange(len(members)))
+                leaving.stop()  # a graceful leave: drain, commit, close
+                members.append(consumer(path, tag=str(changes + 3)).start())
+                changes += 1
+            wait_for(lambda: set(names) <= set(invoked(oscar.job_calls("svc"))), 300, "every record invoked")
+        finally:
+            for member in members:
+                member.stop()
         status = pipeline_status(spec)
         (svc,) = status["consumers"]
         calls = invoked(oscar.job_calls("svc"))

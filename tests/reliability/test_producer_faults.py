@@ -65,18 +65,20 @@ def test_producer_kill9_during_uploads(
         spec, path = _source_spec(tmp_path, bootstrap, unique("kill9p"), dcache.endpoint)
         topic = spec.sources[0].topic
         child = producer(path).start()
-        wait_for(lambda: _subscribed(dcache), 60, "producer subscribed")
-        pacer = Pacer(n, rate, lambda i: dcache.upload(f"/in/f{i:06d}.dat", 10)).start()
-        interval = n / rate / (kills + 1)
-        for _ in range(kills):
-            time.sleep(interval)
-            child.kill9()
-            time.sleep(0.3)
-            child.start()
-        pacer.done.wait()
-        assert not pacer.errors
-        lost, dups = _wait_all_recorded(spec, topic, {f"/in/f{i:06d}.dat" for i in range(n)})
-        child.stop()
+        try:
+            wait_for(lambda: _subscribed(dcache), 60, "producer subscribed")
+            pacer = Pacer(n, rate, lambda i: dcache.upload(f"/in/f{i:06d}.dat", 10)).start()
+            interval = n / rate / (kills + 1)
+            for _ in range(kills):
+                time.sleep(interval)
+                child.kill9()
+                time.sleep(0.3)
+                child.start()
+            pacer.done.wait()
+            assert not pacer.errors
+            lost, dups = _wait_all_recorded(spec, topic, {f"/in/f{i:06d}.dat" for i in range(n)})
+        finally:
+            child.stop()
     tally.append(
         Tally(
             f"producer kill -9 x{kills} during uploads", n, lost, dups, notes="replays since the checkpoint"
@@ -164,18 +166,20 @@ def test_backlog_overrun_during_a_long_disconnect(
         spec, path = _source_spec(tmp_path, bootstrap, unique("overrun"), dcache.endpoint)
         topic = spec.sources[0].topic
         child = producer(path).start()
-        wait_for(lambda: _subscribed(dcache), 60, "producer subscribed")
-        for i in range(first):
-            dcache.upload(f"/in/f{i:06d}.dat", 10)
-        expected = {f"/in/f{i:06d}.dat" for i in range(first)}
-        assert _wait_all_recorded(spec, topic, expected)[0] == 0
-        child.kill9()
-        for i in range(first, first + missed):  # 5 events each: far beyond the 200-event backlog
-            dcache.upload(f"/in/f{i:06d}.dat", 10)
-        child.start()
-        expected = {f"/in/f{i:06d}.dat" for i in range(first + missed)}
-        lost, dups = _wait_all_recorded(spec, topic, expected)
-        child.stop()
+        try:
+            wait_for(lambda: _subscribed(dcache), 60, "producer subscribed")
+            for i in range(first):
+                dcache.upload(f"/in/f{i:06d}.dat", 10)
+            expected = {f"/in/f{i:06d}.dat" for i in range(first)}
+            assert _wait_all_recorded(spec, topic, expected)[0] == 0
+            child.kill9()
+            for i in range(first, first + missed):  # 5 events each: far beyond the 200-event backlog
+                dcache.upload(f"/in/f{i:06d}.dat", 10)
+            child.start()
+            expected = {f"/in/f{i:06d}.dat" for i in range(first + missed)}
+            lost, dups = _wait_all_recorded(spec, topic, expected)
+        finally:
+            child.stop()
         gaps = [v for v, _ in read_all(spec, gaps_topic(spec.kafka))]
     tally.append(
         Tally("EVENT_LOSS after a backlog overrun", first + missed, lost, dups, notes="reconciled by listing")
