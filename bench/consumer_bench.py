@@ -11,35 +11,14 @@ import time
 import uuid
 from pathlib import Path
 
-from common import SERIES, Result, rss_mb, wait
-from confluent_kafka import Producer
+from common import SERIES, Result, produce_names, rss_mb, wait
 
-from dcnios.codec import StorageEventCodec
 from dcnios.kafka import ensure_topics
 from dcnios.sandbox.oscar import OscarEmulator
 from dcnios.spec import load_spec
-from dcnios.storage_event import StorageEvent, now_millis
 from dcnios.topics import topic_plan
 
 LATENCY = 0.020
-
-
-def _events(n: int) -> list[StorageEvent]:
-    return [
-        StorageEvent(
-            "src",
-            f"/data/in/b{i:07d}.png",
-            f"b{i:07d}.png",
-            ("IN_CLOSE_WRITE",),
-            None,
-            False,
-            "ch",
-            i,
-            "http://d/api/v1/events/channels/ch/subscriptions/inotify/AAB",
-            now_millis(),
-        )
-        for i in range(n)
-    ]
 
 
 def _setup(
@@ -59,18 +38,7 @@ def _setup(
     )
     spec = load_spec(path)
     ensure_topics(spec.kafka, topic_plan(spec))
-    codec = StorageEventCodec()
-    producer = Producer({"bootstrap.servers": bootstrap})
-    topic = spec.consumers[0].topic
-    for ev in _events(n):
-        value, headers = codec.encode(ev, topic)
-        while True:
-            try:
-                producer.produce(topic, value, ev.key, headers=headers)
-                break
-            except BufferError:
-                producer.poll(0.05)
-    producer.flush(60)
+    produce_names(spec, [f"b{i:07d}.png" for i in range(n)])
     return path
 
 

@@ -149,7 +149,10 @@ class ConsumerRunner:
         try:
             while not self.stop.is_set():
                 self.last_tick = time.monotonic()
-                msgs = consumer.consume(500, _POLL_TIMEOUT)
+                # consume(n, timeout) waits for n records or the timeout: at low rates that is a
+                # fixed delay per record. Wait for the first only, then take what is ready.
+                first = consumer.poll(_POLL_TIMEOUT)
+                msgs = [first, *consumer.consume(499, 0)] if first is not None else []
                 for msg in msgs:
                     self._admit(msg)
                 self._flow_control(consumer)

@@ -15,7 +15,7 @@ from types import FrameType
 from typing import Final
 
 from dcnios.errors import ConfigError, DcniosError
-from dcnios.spec import PipelineSpec, load_spec
+from dcnios.spec import ConsumerSpec, PipelineSpec, load_spec
 
 __all__ = [
     "EXIT_FAILURE",
@@ -24,6 +24,7 @@ __all__ = [
     "StopFlag",
     "add_common",
     "configure_logging",
+    "consumer_arg",
     "limit_malloc_arenas",
     "load_spec_arg",
     "run_main",
@@ -77,6 +78,16 @@ def configure_logging(level: str, debug: bool) -> None:
 def load_spec_arg(path: str, bootstrap: str | None = None) -> PipelineSpec:
     spec = load_spec(path)
     return spec.with_bootstrap(bootstrap) if bootstrap else spec
+
+
+def consumer_arg(spec: PipelineSpec, name: str, option: str = "") -> ConsumerSpec:
+    """``spec.consumer(name)``, or a ConfigError listing the consumers there are."""
+    try:
+        return spec.consumer(name)
+    except KeyError:
+        names = ", ".join(c.name for c in spec.consumers) or "none"
+        where = f"{option}: " if option else ""
+        raise ConfigError(f"{where}no consumer named {name!r} (consumers: {names})") from None
 
 
 class _Usage(Exception):

@@ -10,12 +10,12 @@ from dcnios.cli._common import (
     EXIT_OK,
     StopFlag,
     add_common,
+    consumer_arg,
     limit_malloc_arenas,
     load_spec_arg,
     parser_class,
     run_main,
 )
-from dcnios.errors import ConfigError
 from dcnios.metrics import ConsumerMetrics, serve_metrics
 
 __all__ = ["build_parser", "main"]
@@ -42,11 +42,7 @@ def _run(args: argparse.Namespace) -> int:
     from dcnios.consumers.run import ConsumerRunner
 
     spec = load_spec_arg(args.config, args.bootstrap)
-    try:
-        consumer = spec.consumer(args.consumer)
-    except KeyError:
-        names = ", ".join(c.name for c in spec.consumers) or "none"
-        raise ConfigError(f"--consumer: no consumer named {args.consumer!r} (consumers: {names})") from None
+    consumer = consumer_arg(spec, args.consumer, "--consumer")
     if spec.nifi is not None and consumer.name in spec.nifi.consumers:
         logger.warning(
             "%s is listed under nifi.consumers; running it here too doubles the invocations", consumer.name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dcnios.cli._common import EXIT_OK, add_common, load_spec_arg
+from dcnios.cli._common import EXIT_OK, add_common, consumer_arg, load_spec_arg
 from dcnios.control import write_control
 from dcnios.errors import ConfigError
 from dcnios.spec import PipelineSpec
@@ -36,9 +36,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _check(spec: PipelineSpec, name: str) -> None:
-    if name not in {c.name for c in spec.consumers}:
-        names = ", ".join(c.name for c in spec.consumers) or "none"
-        raise ConfigError(f"no consumer named {name!r} (consumers: {names})")
+    consumer_arg(spec, name)
 
 
 def run_rate(args: argparse.Namespace) -> int:

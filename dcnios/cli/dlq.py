@@ -9,10 +9,10 @@ import time
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
-from dcnios.cli._common import EXIT_FAILURE, EXIT_OK, StopFlag, add_common, load_spec_arg
+from dcnios.cli._common import EXIT_FAILURE, EXIT_OK, StopFlag, add_common, consumer_arg, load_spec_arg
 from dcnios.codec import StorageEventCodec
 from dcnios.consumers.oscar import OscarInvoker, invoke_with_retry
-from dcnios.errors import CodecError, ConfigError, KafkaError
+from dcnios.errors import CodecError, KafkaError
 from dcnios.kafka import consumer_config
 
 __all__ = ["register"]
@@ -43,10 +43,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run_replay(args: argparse.Namespace) -> int:
     spec = load_spec_arg(args.config, args.bootstrap)
-    try:
-        cs = spec.consumer(args.name)
-    except KeyError:
-        raise ConfigError(f"no consumer named {args.name!r}") from None
+    cs = consumer_arg(spec, args.name)
     assert cs.dead_letter_topic is not None
     stop = StopFlag().install()
     codec = StorageEventCodec(spec.kafka.schema_registry)

@@ -9,7 +9,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from dcnios.cli._common import EXIT_FAILURE, EXIT_OK, StopFlag, add_common, load_spec_arg
+from dcnios.cli._common import EXIT_FAILURE, EXIT_OK, StopFlag, add_common, consumer_arg, load_spec_arg
 from dcnios.errors import ConfigError
 
 __all__ = ["parse_time", "register"]
@@ -59,11 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from dcnios.consumers.replay import replay_window
 
     spec = load_spec_arg(args.config, args.bootstrap)
-    try:
-        cs = spec.consumer(args.name)
-    except KeyError:
-        names = ", ".join(c.name for c in spec.consumers) or "none"
-        raise ConfigError(f"no consumer named {args.name!r} (consumers: {names})") from None
+    cs = consumer_arg(spec, args.name)
     start_ms = parse_time(args.start, option="--from")
     end_ms = parse_time(args.end, option="--to")
     if end_ms < start_ms:

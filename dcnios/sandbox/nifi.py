@@ -42,32 +42,28 @@ logger = logging.getLogger(__name__)
 _API: Final = "/nifi-api"
 _MASK: Final = "********"
 _PARAM: Final = re.compile(r"#\{([^}]*)\}")
+_SHARED_TYPES: Final = {
+    "org.apache.nifi.processors.standard.ControlRate",
+    "org.apache.nifi.processors.standard.InvokeHTTP",
+    "org.apache.nifi.processors.standard.ConvertRecord",
+    "org.apache.nifi.processors.jolt.JoltTransformRecord",
+    "org.apache.nifi.avro.AvroReader",
+    "org.apache.nifi.json.JsonRecordSetWriter",
+    "org.apache.nifi.confluent.schemaregistry.ConfluentSchemaRegistry",
+    "org.apache.nifi.ssl.StandardRestrictedSSLContextService",
+}
 #: Types a stock NiFi of each major version has (enough for the recipes and a ghost test).
 KNOWN_TYPES: Final = {
-    2: {
+    2: _SHARED_TYPES
+    | {
         "org.apache.nifi.kafka.processors.ConsumeKafka",
         "org.apache.nifi.kafka.processors.PublishKafka",
         "org.apache.nifi.kafka.service.Kafka3ConnectionService",
-        "org.apache.nifi.processors.standard.ControlRate",
-        "org.apache.nifi.processors.standard.InvokeHTTP",
-        "org.apache.nifi.processors.standard.ConvertRecord",
-        "org.apache.nifi.processors.jolt.JoltTransformRecord",
-        "org.apache.nifi.avro.AvroReader",
-        "org.apache.nifi.json.JsonRecordSetWriter",
-        "org.apache.nifi.confluent.schemaregistry.ConfluentSchemaRegistry",
-        "org.apache.nifi.ssl.StandardRestrictedSSLContextService",
     },
-    1: {
+    1: _SHARED_TYPES
+    | {
         "org.apache.nifi.processors.kafka.pubsub.ConsumeKafka_2_6",
         "org.apache.nifi.processors.kafka.pubsub.PublishKafka_2_6",
-        "org.apache.nifi.processors.standard.ControlRate",
-        "org.apache.nifi.processors.standard.InvokeHTTP",
-        "org.apache.nifi.processors.standard.ConvertRecord",
-        "org.apache.nifi.processors.jolt.JoltTransformRecord",
-        "org.apache.nifi.avro.AvroReader",
-        "org.apache.nifi.json.JsonRecordSetWriter",
-        "org.apache.nifi.confluent.schemaregistry.ConfluentSchemaRegistry",
-        "org.apache.nifi.ssl.StandardRestrictedSSLContextService",
     },
 }
 _SERVICE_PROPERTIES: Final = {
