@@ -84,14 +84,18 @@ consumers:
                 ).stdout
                 metrics = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
                 assert "dcnios_consumer_invocations_total" in metrics
-                status = subprocess.run(
-                    [str(BIN / "dcnios"), "status", "-c", str(spec), "--json"],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=60,
-                    check=True,
-                )
+                for _ in range(10):  # the producer writes its checkpoint every few seconds
+                    status = subprocess.run(
+                        [str(BIN / "dcnios"), "status", "-c", str(spec), "--json"],
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        timeout=60,
+                        check=True,
+                    )
+                    if json.loads(status.stdout)["sources"][0]["checkpoint_event_id"] is not None:
+                        break
+                    time.sleep(1)
                 validate = subprocess.run(
                     [str(BIN / "dcnios"), "validate", "-c", str(spec)],
                     env=env,
