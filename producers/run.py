@@ -453,6 +453,10 @@ class SourceRunner:
         if path in self.source.paths:
             try:
                 self._rewatch(path, reason="NEW_WATCH", since_ms=now_millis() - CLOCK_SKEW_MS)
+            except ChannelGoneError:
+                # The whole channel is going (expiry, frontend restart): keep the directory among
+                # the watches, so the CHANNEL_LOST gap that follows reconciles it too.
+                self.watches[sub] = path
             except DCacheError as exc:
                 logger.error("%s: cannot re-watch %s: %s", self.source.name, path, exc)
 
