@@ -248,6 +248,9 @@ def _write_record(record: dict[str, Any], schema: dict[str, Any], suppress_nulls
     return "{" + ",".join(fields) + "}"
 
 
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+
+
 def _nifi_body(recipe: Recipe, value: bytes, registry_schema: str | None = None) -> bytes:
     procs = {p["identifier"]: p for p in recipe.flow["flowContents"]["processors"]}
     chain = procs.get("to-envelope") or procs["to-json"]
@@ -265,7 +268,7 @@ def _nifi_body(recipe: Recipe, value: bytes, registry_schema: str | None = None)
     assert isinstance(record, dict)
     for key, item in list(record.items()):
         if isinstance(item, datetime.datetime):  # timestamp-millis: the writer has no Timestamp Format
-            record[key] = int(item.timestamp() * 1000)
+            record[key] = (item - _EPOCH) // datetime.timedelta(milliseconds=1)  # exact, no float
     writer = _service(recipe, props.get("jolt-record-record-writer") or props["record-writer"])
     wprops = writer["properties"]
     assert wprops["output-grouping"] == "output-oneline" and wprops["Pretty Print JSON"] == "false"
