@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from harness import Pacer, Tally, count, paths_in, producer, read_all, wait_for,
 from dcnios.broker import free_port
 from dcnios.producers.run import SourceRunner
 from dcnios.sandbox.dcache import DCacheEmulator
+from dcnios.spec import PipelineSpec
 from dcnios.topics import gaps_topic
 
 FULL = pytest.param(True, marks=pytest.mark.reliability, id="full")
@@ -48,6 +50,21 @@ def _wait_all_recorded(spec, topic: str, expected: set[str], timeout: float = 18
     while time.monotonic() < deadline and not done():
         time.sleep(3)
     return result
+
+
+@contextmanager
+def _running_source(spec: PipelineSpec) -> Iterator[SourceRunner]:
+    """The spec's source in a thread of this process, ready; stopped (and joined) afterwards."""
+    stop = threading.Event()
+    runner = SourceRunner(spec, spec.sources[0], stop=stop)
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(runner.ready.is_set, 60, "producer ready")
+        yield runner
+    finally:
+        stop.set()
+        thread.join(60)
 
 
 def _subscribed(dcache: DCacheEmulator) -> bool:
@@ -96,22 +113,18 @@ def test_sse_connections_dropped_every_500_events(
     with DCacheEmulator() as dcache:
         dcache.mkdir("/in")
         spec, _ = _source_spec(tmp_path, bootstrap, unique("drops"), dcache.endpoint)
-        stop = threading.Event()
-        runner = SourceRunner(spec, spec.sources[0], stop=stop)
-        thread = threading.Thread(target=runner.run, daemon=True)
-        thread.start()
-        wait_for(runner.ready.is_set, 60, "producer ready")
 
         def upload(i: int) -> None:
             dcache.upload(f"/in/f{i:06d}.dat", 10)
             if i % 500 == 499:
                 dcache.drop_connections()
 
-        pacer = Pacer(n, 1000, upload).start()
-        pacer.done.wait()
-        lost, dups = _wait_all_recorded(spec, spec.sources[0].topic, {f"/in/f{i:06d}.dat" for i in range(n)})
-        stop.set()
-        thread.join(60)
+        with _running_source(spec):
+            pacer = Pacer(n, 1000, upload).start()
+            pacer.done.wait()
+            lost, dups = _wait_all_recorded(
+                spec, spec.sources[0].topic, {f"/in/f{i:06d}.dat" for i in range(n)}
+            )
     tally.append(
         Tally("SSE dropped every 500 events", n, lost, dups, notes=f"{n // 500} reconnects (Last-Event-ID)")
     )
@@ -126,23 +139,19 @@ def test_channel_expiry_and_frontend_restart(
     with DCacheEmulator() as dcache:
         dcache.mkdir("/in")
         spec, _ = _source_spec(tmp_path, bootstrap, unique("expiry"), dcache.endpoint)
-        stop = threading.Event()
-        runner = SourceRunner(spec, spec.sources[0], stop=stop)
-        thread = threading.Thread(target=runner.run, daemon=True)
-        thread.start()
-        wait_for(runner.ready.is_set, 60, "producer ready")
-        third = n // 3
-        for i in range(n):
-            if i == third:
-                dcache.expire_channels()  # every channel gone: the stream's events are lost
-            if i == 2 * third:
-                dcache.restart()  # SHUTDOWN, then every channel lost
-            dcache.upload(f"/in/f{i:06d}.dat", 10)
-            if i % 200 == 0:
-                time.sleep(0.05)
-        lost, dups = _wait_all_recorded(spec, spec.sources[0].topic, {f"/in/f{i:06d}.dat" for i in range(n)})
-        stop.set()
-        thread.join(60)
+        with _running_source(spec):
+            third = n // 3
+            for i in range(n):
+                if i == third:
+                    dcache.expire_channels()  # every channel gone: the stream's events are lost
+                if i == 2 * third:
+                    dcache.restart()  # SHUTDOWN, then every channel lost
+                dcache.upload(f"/in/f{i:06d}.dat", 10)
+                if i % 200 == 0:
+                    time.sleep(0.05)
+            lost, dups = _wait_all_recorded(
+                spec, spec.sources[0].topic, {f"/in/f{i:06d}.dat" for i in range(n)}
+            )
         gaps = len(read_all(spec, gaps_topic(spec.kafka)))
     tally.append(
         Tally(
