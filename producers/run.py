@@ -120,6 +120,7 @@ class SourceRunner:
         # Small on purpose: when the loop falls behind, the reader blocks and TCP pushes back on
         # dCache (which buffers per channel) instead of frames piling up in this process.
         self._frames: queue.Queue[_Item] = queue.Queue(maxsize=_QUEUE_BATCHES)
+        self._stream_end: _Item | None = None  # seen while attaching; the main loop reconnects
         self._label_cache: dict[tuple[int, str], Any] = {}
         self._ack_latency = self.metrics.ack_latency.labels(source.name)
         self._last_event_gauge = self.metrics.last_event_id.labels(source.name)
@@ -174,7 +175,10 @@ class SourceRunner:
                 self._connect(checkpoint)
                 return
             except DCacheError as exc:
-                if exc.status is not None and exc.status != 429 and exc.status < 500:
+                # A channel gone mid-connect (a frontend restart right now) is retried like a 5xx;
+                # the checkpoint's reconcile still covers everything since it.
+                gone = isinstance(exc, ChannelGoneError)
+                if not gone and exc.status is not None and exc.status != 429 and exc.status < 500:
                     raise
                 delay = backoff * random.uniform(0.5, 1.0)  # noqa: S311
                 logger.warning("%s: %s; retrying in %.2fs", self.source.name, exc, delay)
@@ -182,6 +186,15 @@ class SourceRunner:
                 backoff = min(backoff * 2, float(self.source.reconnect_backoff_max))
                 if self.stop.wait(delay):
                     raise
+                if gone and checkpoint is None and self.channel_url is not None:
+                    # The channel this attempt created was already watching: reconcile from it.
+                    checkpoint = Checkpoint(
+                        self.source.name,
+                        self.channel_url,
+                        self.last_received,
+                        dict(self.watches),
+                        self.last_observed_ms or now_millis(),
+                    )
                 self.channel_url = None
 
     def _connect(self, checkpoint: Checkpoint | None) -> None:
@@ -205,7 +218,9 @@ class SourceRunner:
         fresh = url is None
         if url is None:
             url = self.client.create_channel(src.client_id or src.name)
-            self.last_observed_ms = now_millis()
+            # Kept from the checkpoint when there is one: a crash before the CHANNEL_LOST
+            # reconcile below must still reconcile from there, not from now.
+            self.last_observed_ms = checkpoint.last_observed_ms if checkpoint else now_millis()
             logger.info("%s: created channel %s", src.name, url)
         self.channel_url = url
         timeout = min(int(src.channel_timeout), self.client.max_channel_timeout())
@@ -216,7 +231,7 @@ class SourceRunner:
         self._start_reader(resume_id)
         if fresh:
             self.watches = {}
-            since = now_millis() - CLOCK_SKEW_MS
+            since = now_millis()
             missed = self._await_attach(self._subscribe_roots())
             if checkpoint is not None:
                 # Reconciling from the old checkpoint also covers any attach race.
@@ -292,9 +307,15 @@ class SourceRunner:
         deadline = time.monotonic() + _ATTACH_WAIT
         while created and not all(u in self._announced for u in created) and time.monotonic() < deadline:
             item = self._next_frame()
-            if item is not None and item[0] == self._generation and isinstance(item[1], list):
-                for frame in item[1]:
-                    self._handle(frame, item[2])
+            if item is None or item[0] != self._generation:
+                continue
+            if not isinstance(item[1], list):
+                # The stream ended before the watch was announced (e.g. a frontend restart right
+                # now): leave the end to the main loop, which reconnects.
+                self._stream_end = item
+                break
+            for frame in item[1]:
+                self._handle(frame, item[2])
         return [self.watches[u] for u in created if u not in self._announced and u in self.watches]
 
     # -- SSE reader thread -----------------------------------------------------------------
@@ -336,6 +357,9 @@ class SourceRunner:
                 sock.shutdown(socket.SHUT_RDWR)
 
     def _next_frame(self) -> _Item | None:
+        if self._stream_end is not None:
+            item, self._stream_end = self._stream_end, None
+            return item
         try:
             return self._frames.get(timeout=0.1)
         except queue.Empty:
@@ -422,7 +446,7 @@ class SourceRunner:
             self._watch_gone(outcome.subscription, outcome.path)
         elif outcome.kind == "overflow":
             assert outcome.path is not None
-            self._gap("IN_Q_OVERFLOW", [outcome.path], observed - CLOCK_SKEW_MS)
+            self._gap("IN_Q_OVERFLOW", [outcome.path], observed)
         return []
 
     def _system(self, outcome: Outcome) -> None:
@@ -452,7 +476,7 @@ class SourceRunner:
         logger.info("%s: watch on %s closed", self.source.name, path)
         if path in self.source.paths:
             try:
-                self._rewatch(path, reason="NEW_WATCH", since_ms=now_millis() - CLOCK_SKEW_MS)
+                self._rewatch(path, reason="NEW_WATCH", since_ms=now_millis())
             except ChannelGoneError:
                 # The whole channel is going (expiry, frontend restart): keep the directory among
                 # the watches, so the CHANNEL_LOST gap that follows reconciles it too.
@@ -483,9 +507,17 @@ class SourceRunner:
         previous: str | None = None,
         record: bool = True,
     ) -> None:
+        """Record a gap and list ``directories`` for files changed since ``since_ms``.
+
+        ``since_ms`` is the last moment (our clock) the stream is known to have been complete,
+        or 0 for everything. Files are matched by dCache's mtime, which lags our clock by the
+        read delay of the frames and differs by any clock skew, so the listing starts
+        CLOCK_SKEW_MS earlier: a few duplicates are cheap, a file missed at the edge is lost.
+        """
         name = self.source.name
         self.metrics.gaps.labels(name, reason).inc()
         now = now_millis()
+        since_ms = max(0, since_ms - CLOCK_SKEW_MS) if since_ms > 0 else 0
         logger.warning("%s: gap %s in %s since %d", name, reason, directories, since_ms)
         records: list[tuple[str, bytes, bytes | None, list[tuple[str, str | bytes | None]]]] = []
         found = 0

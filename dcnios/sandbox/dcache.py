@@ -21,6 +21,7 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -73,8 +74,8 @@ class _Entry:
     is_dir: bool
     pnfsid: str
     size: int = 0
-    mtime: int = field(default_factory=lambda: int(time.time() * 1000))
-    ctime: int = field(default_factory=lambda: int(time.time() * 1000))
+    mtime: int = 0
+    ctime: int = 0
 
 
 @dataclass
@@ -133,8 +134,14 @@ class DCacheEmulator:
         max_channels_per_user: int = 128,
         backlog: int = BACKLOG,
         files_root: str | None = None,
+        clock_offset_ms: int = 0,
     ) -> None:
         self.backlog = backlog
+        #: How far dCache's clock is ahead of ours (negative: behind), as NTP drift makes it.
+        self.clock_offset_ms = clock_offset_ms
+        #: Seconds between a stream GET arriving and the channel registering it, during which
+        #: subscriptions are announced to nobody and their events are not streamed.
+        self.attach_delay = 0.0
         #: A local directory whose files a WebDAV door serves (GET/HEAD outside /api/v1).
         self.files_root = files_root
         self.users = users if users is not None else {"alice": "secret"}
@@ -144,9 +151,11 @@ class DCacheEmulator:
         self.max_channels_per_user = max_channels_per_user
         self.lock = threading.RLock()
         self.channels: dict[str, _Channel] = {}
-        self.entries: dict[str, _Entry] = {"/": _Entry("/", True, self._pnfsid())}
+        self.entries: dict[str, _Entry] = {"/": self._entry("/", True)}
         self.requests: list[tuple[str, str, int]] = []
         self.fail_next: deque[int] = deque()
+        #: Called with (method, path) as each request arrives: tests time faults to a call.
+        self.before_request: Callable[[str, str], None] | None = None
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _make_handler(self))
         self._server.daemon_threads = True
         self._threads: list[threading.Thread] = []
@@ -194,6 +203,13 @@ class DCacheEmulator:
     def _pnfsid() -> str:
         return "0000" + secrets.token_hex(16).upper()
 
+    def _now_ms(self) -> int:
+        return int(time.time() * 1000) + self.clock_offset_ms
+
+    def _entry(self, path: str, is_dir: bool, size: int = 0) -> _Entry:
+        now = self._now_ms()
+        return _Entry(path, is_dir, self._pnfsid(), size, now, now)
+
     # -- namespace hooks -------------------------------------------------------------------
     def mkdir(self, path: str, *, parents: bool = True) -> None:
         with self.lock:
@@ -204,7 +220,7 @@ class DCacheEmulator:
                 self.mkdir(parent)
             if path in self.entries:
                 return
-            self.entries[path] = _Entry(path, True, self._pnfsid())
+            self.entries[path] = self._entry(path, True)
             self._child_event(path, ["IN_CREATE", "IN_ISDIR"])
 
     def upload(self, path: str, size: int = 1024) -> None:
@@ -219,7 +235,7 @@ class DCacheEmulator:
         """The start of an upload: the door creates the entry, the pool opens the replica."""
         with self.lock:
             self._require_parent(path)
-            self.entries[path] = _Entry(path, False, self._pnfsid(), 0)
+            self.entries[path] = self._entry(path, False, 0)
             self._child_event(path, ["IN_CREATE"])
             self._child_event(path, ["IN_OPEN"])
 
@@ -235,8 +251,8 @@ class DCacheEmulator:
             entry = self.entries.get(path)
             if entry is None:
                 self._require_parent(path)
-                entry = self.entries[path] = _Entry(path, False, self._pnfsid(), size)
-            entry.size, entry.mtime = size, int(time.time() * 1000)
+                entry = self.entries[path] = self._entry(path, False, size)
+            entry.size, entry.mtime = size, self._now_ms()
             self._child_event(path, ["IN_ATTRIB"])
             self._child_event(path, ["IN_CLOSE_WRITE"])
 
@@ -244,14 +260,14 @@ class DCacheEmulator:
         """An upload-directory commit (SRM, xroot POSC): a lone IN_MOVED_TO with a cookie."""
         with self.lock:
             self._require_parent(path)
-            self.entries[path] = _Entry(path, False, self._pnfsid(), size)
+            self.entries[path] = self._entry(path, False, size)
             self._child_event(path, ["IN_MOVED_TO"], cookie=self._cookie())
 
     def put_silently(self, path: str, size: int = 1024, *, directory: bool = False) -> None:
         """A file (or directory) appears with no event at all (as during a gap)."""
         with self.lock:
             self._require_parent(path)
-            self.entries[path] = _Entry(path, directory, self._pnfsid(), size)
+            self.entries[path] = self._entry(path, directory, size)
 
     def rm(self, path: str) -> None:
         with self.lock:
@@ -270,7 +286,7 @@ class DCacheEmulator:
             cookie = self._cookie()
             flag = ["IN_ISDIR"] if entry.is_dir else []
             self._child_event(src, ["IN_MOVED_FROM", *flag], cookie=cookie)
-            entry.path, entry.ctime = dst, int(time.time() * 1000)
+            entry.path, entry.ctime = dst, self._now_ms()
             self.entries[dst] = entry
             if entry.is_dir:
                 prefix = src.rstrip("/") + "/"
@@ -440,6 +456,9 @@ def _make_handler(emu: DCacheEmulator) -> type[BaseHTTPRequestHandler]:
             headers: dict[str, str] | None = None,
             ctype: str | None = None,
         ) -> None:
+            # Like Jetty, consume an unread request body first, or a kept-alive connection
+            # would parse it as the start of the next request.
+            self._body()
             self.send_response(status)
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
@@ -455,9 +474,16 @@ def _make_handler(emu: DCacheEmulator) -> type[BaseHTTPRequestHandler]:
         def _fail(self, status: int, detail: str | None = None) -> None:
             self._reply(*_error(status, detail))
 
+        def parse_request(self) -> bool:
+            self._request_body: bytes | None = None  # one handler serves a whole kept-alive connection
+            return super().parse_request()
+
         def _body(self) -> bytes:
-            length = int(self.headers.get("Content-Length") or 0)
-            return self.rfile.read(length) if length else b""
+            cached = self._request_body
+            if cached is None:
+                length = int(self.headers.get("Content-Length") or 0)
+                cached = self._request_body = self.rfile.read(length) if length else b""
+            return cached
 
         def _user(self) -> str | None:
             header = self.headers.get("Authorization", "")
@@ -480,6 +506,8 @@ def _make_handler(emu: DCacheEmulator) -> type[BaseHTTPRequestHandler]:
         def _dispatch(self) -> None:
             split = urlsplit(self.path)
             path = unquote(split.path)
+            if emu.before_request is not None:
+                emu.before_request(self.command, path)
             with emu.lock:
                 if emu.fail_next:
                     status = emu.fail_next.popleft()
@@ -661,6 +689,8 @@ def _make_handler(emu: DCacheEmulator) -> type[BaseHTTPRequestHandler]:
                 self._fail(405, "Method Not Allowed")
 
         def _stream(self, channel: _Channel) -> None:
+            if emu.attach_delay:
+                time.sleep(emu.attach_delay)  # the GET's arrival is not observable (§6)
             conn = emu.attach(channel, self.headers.get("Last-Event-ID"))
             started = False
             try:

@@ -150,6 +150,88 @@ def test_channel_expiry_gives_gap_and_synthetic_events(
     assert new_channel != old_channel
 
 
+def test_reconcile_allows_for_a_dcache_clock_behind_ours(
+    bootstrap: str, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    # Files are matched by dCache's mtime, our checkpoint holds our clock: with dCache 20 s
+    # behind, a listing that starts at our last sync time would skip every file of the gap.
+    with DCacheEmulator(clock_offset_ms=-20_000) as behind:
+        behind.mkdir("/data/in")
+        spec = make_spec(tmp_path, bootstrap, behind.endpoint, unique("p"))
+        running = start(spec)
+        wait_for(running.runner.ready.is_set)
+        behind.srm_upload("/data/in/seen")
+        wait_for(lambda: running.runner.progress.safe_id is not None)
+        running.halt()
+        behind.expire_channels()
+        for i in range(3):
+            behind.put_silently(f"/data/in/during{i}")
+        running = start(spec)
+        try:
+            expected = {f"/data/in/during{i}" for i in range(3)}
+            records = read_topic(bootstrap, spec.sources[0].topic, lambda r: set(files(r)) >= expected)
+        finally:
+            running.halt()
+    assert set(files(records)) >= expected
+
+
+def test_stream_ending_while_a_new_channel_attaches_is_reconnected(
+    bootstrap: str, dcache: DCacheEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    # The stream registers late, so the new watch is never announced; the frontend then restarts
+    # before the producer stops waiting for the announcement. It must not sit on a dead stream.
+    spec = make_spec(tmp_path, bootstrap, dcache.endpoint, unique("p"))
+    running = start(spec)
+    try:
+        wait_for(running.runner.ready.is_set)
+        first = running.runner.channel_url
+        dcache.attach_delay = 0.5
+        dcache.expire_channels()
+
+        def attached_and_watching() -> bool:
+            with dcache.lock:
+                return any(c.conn is not None and c.subs for c in dcache.channels.values())
+
+        wait_for(attached_and_watching, timeout=10)
+        dcache.attach_delay = 0.0
+        dcache.restart()
+        dcache.put_silently("/data/in/during-restart")
+        wait_for(lambda: running.runner.channel_url not in (None, first), timeout=20)
+        wait_for(attached_and_watching, timeout=20)  # the old code stays on the dead stream
+        dcache.srm_upload("/data/in/after")
+        records = read_topic(
+            bootstrap,
+            spec.sources[0].topic,
+            lambda r: {"/data/in/after", "/data/in/during-restart"} <= set(files(r)),
+        )
+    finally:
+        running.halt()
+    assert {"/data/in/after", "/data/in/during-restart"} <= set(files(records))
+
+
+def test_channel_gone_between_create_and_subscribe_is_retried(
+    bootstrap: str, dcache: DCacheEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    restarts: list[str] = []
+
+    def restart_at_first_patch(method: str, path: str) -> None:
+        if method == "PATCH" and not restarts:
+            restarts.append(path)
+            dcache.restart()
+
+    dcache.before_request = restart_at_first_patch
+    spec = make_spec(tmp_path, bootstrap, dcache.endpoint, unique("p"))
+    running = start(spec)
+    try:
+        wait_for(running.runner.ready.is_set)
+        assert restarts and restarts[0] not in (running.runner.channel_url or "")
+        dcache.srm_upload("/data/in/a")
+        records = read_topic(bootstrap, spec.sources[0].topic, lambda r: "/data/in/a" in files(r))
+    finally:
+        running.halt()
+    assert "/data/in/a" in files(records)
+
+
 def test_frontend_restart_mid_stream(
     bootstrap: str, dcache: DCacheEmulator, tmp_path: Path, unique: Callable[[str], str]
 ) -> None:
