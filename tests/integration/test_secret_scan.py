@@ -57,6 +57,7 @@ sources:
     topic: {prefix}.events
 consumers:
   - name: svc
+    group: {prefix}-svc  # unique per test: the session broker outlives it
     topic: {prefix}.events
     oscar: {{endpoint: "{oscar.endpoint}", service: svc, token: "${{OSCAR_TOKEN}}"}}
     librdkafka: {{session.timeout.ms: "6000"}}
@@ -117,6 +118,7 @@ kafka:
   sasl: {{mechanism: SCRAM-SHA-512, username: u, password: "${{KAFKA_PW}}"}}
 consumers:
   - name: svc
+    group: {prefix}-svc  # unique per test: the session broker outlives it
     topic: {prefix}.events
     oscar: {{endpoint: "{oscar.endpoint}", service: svc, token: "${{OSCAR_TOKEN}}"}}
 nifi:

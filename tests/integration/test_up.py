@@ -90,6 +90,7 @@ sources:
     topic: {prefix}.events
 consumers:
   - name: svc
+    group: {prefix}-svc  # unique per test: the session broker outlives it
     topic: {prefix}.events
     oscar: {{endpoint: "{oscar}", service: svc, token: "{token}"}}
     librdkafka: {{session.timeout.ms: "6000"}}
@@ -226,6 +227,7 @@ sources:
       paths: [/], events: [IN_CLOSE_WRITE], topic: {prefix}.events}}
 consumers:
   - name: svc
+    group: {prefix}-svc  # unique per test: the session broker outlives it
     topic: {prefix}.events
     oscar: {{endpoint: "http://127.0.0.1:{oport}", service: svc, username: oscar, password: pw}}
     librdkafka: {{session.timeout.ms: "6000"}}

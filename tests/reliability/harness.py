@@ -99,11 +99,16 @@ def producer(path: Path) -> Child:
     )
 
 
-def consumer(path: Path, name: str = "svc", tag: str = "") -> Child:
+def consumer(path: Path, name: str = "svc", tag: str = "", log_level: str = "WARNING") -> Child:
     return Child(
-        [str(BIN / "dcnios-consumer"), "-c", str(path), "--consumer", name, "--log-level", "WARNING"],
+        [str(BIN / "dcnios-consumer"), "-c", str(path), "--consumer", name, "--log-level", log_level],
         path.with_suffix(f".consumer{tag}.log"),
     )
+
+
+def assigned(child: Child) -> bool:
+    """Whether ``child`` (run at INFO) has finished a join: the consumer logs every assignment."""
+    return child.log.exists() and ": assigned [" in child.log.read_text(errors="replace")
 
 
 def read_all(bootstrap_spec: PipelineSpec, topic: str) -> list[tuple[bytes | None, list[tuple[str, Any]]]]:
