@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from dcnios.cli._common import EXIT_FAILURE, EXIT_OK, StopFlag, add_common, load_spec_arg
+from dcnios.cli._detach import READY_MARK, detach
+from dcnios.cli._detach import stop as stop_background
 from dcnios.errors import ConfigError
 from dcnios.stack import Stack
 
@@ -51,7 +53,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "(0 when nothing was lost and every job succeeded)",
     )
     p.add_argument(
-        "--timeout", type=float, default=180.0, metavar="S", help="--once gives up after this (default 180)"
+        "--timeout",
+        type=float,
+        default=180.0,
+        metavar="S",
+        help="how long --once, --detach and --stop wait (default 180)",
     )
     p.add_argument("--plain", action="store_true", help="log lines instead of the live view")
     p.add_argument(
@@ -59,6 +65,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--broker-port", type=int, metavar="P", help="port of the embedded broker (default: free)")
     p.add_argument("--metrics-port", type=int, metavar="P", help="serve every runner's /metrics here")
+    background = p.add_mutually_exclusive_group()
+    background.add_argument(
+        "--detach",
+        action="store_true",
+        help="run in the background and return once the pipeline is up (within --timeout); "
+        "pid and log go to .dcnios/ next to the spec",
+    )
+    background.add_argument(
+        "--stop",
+        action="store_true",
+        help="stop the background run of this spec in order, waiting up to --timeout",
+    )
     p.set_defaults(run=run)
 
 
@@ -266,6 +284,13 @@ def _plain_line(snap: dict[str, Any]) -> str:
 
 # -- the command ---------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
+    if args.stop:
+        return stop_background(args)
+    if args.detach:
+        if args.once:
+            raise ConfigError("--detach cannot be combined with --once (which waits in the foreground)")
+        load_spec_arg(args.config, args.bootstrap)  # a bad spec fails here, not in the background
+        return detach(args, _forwarded(args))
     if args.once and args.seed <= 0:
         raise ConfigError("--once needs --seed N (the files whose processing it waits for)")
     spec = load_spec_arg(args.config, args.bootstrap)
@@ -292,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
             ]
             logger.error("not ready after %.0fs: %s", READY_TIMEOUT, "; ".join(late))
             return EXIT_FAILURE
-        logger.info("pipeline up: %s", _plain_line(snapshot(stack, _Rates())))
+        logger.info("%s %s", READY_MARK, _plain_line(snapshot(stack, _Rates())))
         accounting = None
         if args.seed:
             assert spec.sandbox is not None and spec.sandbox.dcache is not None
@@ -312,6 +337,21 @@ def run(args: argparse.Namespace) -> int:
     finally:
         logger.info("stopping: producers, then consumers, then the rest")
         stack.stop()
+
+
+def _forwarded(args: argparse.Namespace) -> list[str]:
+    """The flags the background run keeps. INFO at least: --detach waits for its "pipeline up" line."""
+    flags = ["--log-level", "DEBUG" if args.debug or args.log_level == "DEBUG" else "INFO"]
+    for flag, value in (
+        ("--bootstrap", args.bootstrap),
+        ("--broker-port", args.broker_port),
+        ("--metrics-port", args.metrics_port),
+    ):
+        if value is not None:
+            flags += [flag, str(value)]
+    if args.seed:
+        flags += ["--seed", str(args.seed)]
+    return [*flags, "--interval", str(args.interval)]
 
 
 def _run_once(stack: Stack, accounting: Accounting, stop: StopFlag, timeout: float) -> int:

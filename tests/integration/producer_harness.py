@@ -6,7 +6,8 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -82,6 +83,17 @@ def run_in_thread(runner: R, stop: threading.Event) -> Running[R]:
 def start(spec: PipelineSpec) -> Running[SourceRunner]:
     stop = threading.Event()
     return run_in_thread(SourceRunner(spec, spec.sources[0], stop=stop), stop)
+
+
+@contextmanager
+def ready_source(spec: PipelineSpec) -> Iterator[SourceRunner]:
+    """The spec's first source, running and ready; halted (and checked) on the way out."""
+    running = start(spec)
+    try:
+        wait_for(running.runner.ready.is_set)
+        yield running.runner
+    finally:
+        running.halt()
 
 
 def read_topic(

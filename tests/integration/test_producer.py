@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from producer_harness import files, make_spec, read_topic, start, wait_for
+from producer_harness import files, make_spec, read_topic, ready_source, start, wait_for
 
 from dcnios.errors import DCacheError
 from dcnios.sandbox.dcache import DCacheEmulator
@@ -158,20 +158,15 @@ def test_reconcile_allows_for_a_dcache_clock_behind_ours(
     with DCacheEmulator(clock_offset_ms=-20_000) as behind:
         behind.mkdir("/data/in")
         spec = make_spec(tmp_path, bootstrap, behind.endpoint, unique("p"))
-        running = start(spec)
-        wait_for(running.runner.ready.is_set)
-        behind.srm_upload("/data/in/seen")
-        wait_for(lambda: running.runner.progress.safe_id is not None)
-        running.halt()
+        with ready_source(spec) as runner:
+            behind.srm_upload("/data/in/seen")
+            wait_for(lambda: runner.progress.safe_id is not None)
         behind.expire_channels()
-        for i in range(3):
-            behind.put_silently(f"/data/in/during{i}")
-        running = start(spec)
-        try:
-            expected = {f"/data/in/during{i}" for i in range(3)}
+        expected = {f"/data/in/during{i}" for i in range(3)}
+        for path in sorted(expected):
+            behind.put_silently(path)
+        with ready_source(spec):
             records = read_topic(bootstrap, spec.sources[0].topic, lambda r: set(files(r)) >= expected)
-        finally:
-            running.halt()
     assert set(files(records)) >= expected
 
 
@@ -181,32 +176,25 @@ def test_stream_ending_while_a_new_channel_attaches_is_reconnected(
     # The stream registers late, so the new watch is never announced; the frontend then restarts
     # before the producer stops waiting for the announcement. It must not sit on a dead stream.
     spec = make_spec(tmp_path, bootstrap, dcache.endpoint, unique("p"))
-    running = start(spec)
-    try:
-        wait_for(running.runner.ready.is_set)
-        first = running.runner.channel_url
+    expected = {"/data/in/after", "/data/in/during-restart"}
+
+    def attached_and_watching() -> bool:
+        with dcache.lock:
+            return any(c.conn is not None and c.subs for c in dcache.channels.values())
+
+    with ready_source(spec) as runner:
+        first = runner.channel_url
         dcache.attach_delay = 0.5
         dcache.expire_channels()
-
-        def attached_and_watching() -> bool:
-            with dcache.lock:
-                return any(c.conn is not None and c.subs for c in dcache.channels.values())
-
         wait_for(attached_and_watching, timeout=10)
         dcache.attach_delay = 0.0
         dcache.restart()
         dcache.put_silently("/data/in/during-restart")
-        wait_for(lambda: running.runner.channel_url not in (None, first), timeout=20)
+        wait_for(lambda: runner.channel_url not in (None, first), timeout=20)
         wait_for(attached_and_watching, timeout=20)  # the old code stays on the dead stream
         dcache.srm_upload("/data/in/after")
-        records = read_topic(
-            bootstrap,
-            spec.sources[0].topic,
-            lambda r: {"/data/in/after", "/data/in/during-restart"} <= set(files(r)),
-        )
-    finally:
-        running.halt()
-    assert {"/data/in/after", "/data/in/during-restart"} <= set(files(records))
+        records = read_topic(bootstrap, spec.sources[0].topic, lambda r: expected <= set(files(r)))
+    assert expected <= set(files(records))
 
 
 def test_channel_gone_between_create_and_subscribe_is_retried(
@@ -221,14 +209,10 @@ def test_channel_gone_between_create_and_subscribe_is_retried(
 
     dcache.before_request = restart_at_first_patch
     spec = make_spec(tmp_path, bootstrap, dcache.endpoint, unique("p"))
-    running = start(spec)
-    try:
-        wait_for(running.runner.ready.is_set)
-        assert restarts and restarts[0] not in (running.runner.channel_url or "")
+    with ready_source(spec) as runner:
+        assert restarts and restarts[0] not in (runner.channel_url or "")
         dcache.srm_upload("/data/in/a")
         records = read_topic(bootstrap, spec.sources[0].topic, lambda r: "/data/in/a" in files(r))
-    finally:
-        running.halt()
     assert "/data/in/a" in files(records)
 
 

@@ -292,3 +292,75 @@ def test_once_without_seed_is_a_usage_error(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "ConfigError: --once needs --seed N" in done.stderr
+
+
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie: the launcher that started it has exited, and whoever adopted the
+    process (PID 1 in a container) may not reap it at once."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_detach_runs_in_the_background_until_stop(
+    tmp_path: Path, bootstrap: str, unique: Callable[[str], str]
+) -> None:
+    (tmp_path / "inbox").mkdir()
+    script = tmp_path / "copy.sh"
+    script.write_text('#!/bin/sh\ncp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/"\n')
+    spec_path = _sandbox_spec(
+        tmp_path, bootstrap, unique("bg"), dport=free_port(), oport=free_port(), script="copy.sh"
+    )
+
+    def up(*flags: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [DCNIOS, "up", "-c", str(spec_path), *flags, "--timeout", "90"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    started = up("--detach")
+    assert started.returncode == 0, started.stdout + started.stderr
+    pid = int((tmp_path / ".dcnios" / "sandbox.up.pid").read_text())
+    assert f"(pid {pid})" in started.stdout and f"dcnios up -c {spec_path} --stop" in started.stdout
+    try:
+        os.kill(pid, 0)  # the launcher has exited; the pipeline has not
+        (tmp_path / "inbox" / "late.txt").write_text("dropped in while detached\n")
+        copied = tmp_path / "outbox" / "svc" / "late.txt"
+        deadline = time.monotonic() + 60
+        while not copied.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert copied.read_text() == "dropped in while detached\n"
+
+        again = up("--detach")
+        assert again.returncode == 2 and f"already running in the background (pid {pid})" in again.stderr
+    finally:
+        stopped = up("--stop")
+    assert stopped.returncode == 0 and f"stopped dcnios up (pid {pid})" in stopped.stdout
+    assert _exited(pid)
+    assert not (tmp_path / ".dcnios" / "sandbox.up.pid").exists()
+    log = (tmp_path / ".dcnios" / "sandbox.up.log").read_text()
+    assert "pipeline up:" in log and "stopping: producers, then consumers, then the rest" in log
+    assert "no background dcnios up is running" in up("--stop").stdout
+
+
+def test_detach_reports_a_pipeline_that_cannot_start(tmp_path: Path, bootstrap: str) -> None:
+    (tmp_path / "ok.sh").write_text("true\n")
+    spec_path = _sandbox_spec(
+        tmp_path, bootstrap, "bgfail", dport=free_port(), oport=free_port(), script="ok.sh"
+    )
+    done = subprocess.run(  # no inbox directory: the background run fails at once
+        [DCNIOS, "up", "-c", str(spec_path), "--detach", "--timeout", "60"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "exited with status 2 before it was up" in done.stderr
+    assert "sandbox.dcache.root: directory not found" in done.stderr
+    assert not (tmp_path / ".dcnios" / "sandbox.up.pid").exists()
