@@ -52,6 +52,7 @@ WINDOW_FACTOR: Final = 8
 MIN_WINDOW: Final = 1024
 _POLL_TIMEOUT: Final = 0.05
 _DLQ_TIMEOUT: Final = 60.0
+_LIBRDKAFKA_SESSION_TIMEOUT_MS: Final = 45_000  # librdkafka's default session.timeout.ms
 
 
 @dataclass(slots=True)
@@ -102,6 +103,8 @@ class ConsumerRunner:
         self.paused_fetch = False
         self.ready = threading.Event()
         self.last_tick = time.monotonic()
+        self._rebalancing = True  # from subscribe, and from each revoke, until the next assignment
+        self._session_timeout = _LIBRDKAFKA_SESSION_TIMEOUT_MS / 1000
         self._extra = extra_config or {}
         self._lock = threading.Lock()
         self._keys: dict[str, _KeyQueue] = {}
@@ -141,6 +144,7 @@ class ConsumerRunner:
             raise KafkaError("the control topic did not answer within 30s")
         extra = {**self.cs.librdkafka, **self._extra}
         conf = consumer_config(self.spec.kafka, self.cs.group or f"dcnios-{self.cs.name}", **extra)
+        self._session_timeout = int(conf.get("session.timeout.ms", _LIBRDKAFKA_SESSION_TIMEOUT_MS)) / 1000
         consumer = self._consumer = Consumer(conf)
         consumer.subscribe(
             [self.cs.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
@@ -161,6 +165,7 @@ class ConsumerRunner:
                     self._update_gauges(consumer)
                     last_commit = time.monotonic()
         finally:
+            self._finish_rebalance(consumer)
             self._drain()
             try:
                 self._commit(consumer)
@@ -174,6 +179,22 @@ class ConsumerRunner:
                 self._dlq.flush(30)
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 logger.info("%s: stopped", self.cs.name)
+
+    def _finish_rebalance(self, consumer: Consumer) -> None:
+        """Leave the group from a settled state: a stop during a rebalance waits (bounded) for it.
+
+        Tansu 0.6 wedges a group for good when a member leaves while its JoinGroup is pending:
+        the departed member stays the leader of every later generation and never expires.
+        Apache Kafka does not need this; there it costs at most one rebalance's time at stop.
+        Records fetched meanwhile are not admitted, so they stay uncommitted for the next owner.
+        """
+        # A rebalance completes, or drops us, within the session timeout; with no broker it never
+        # completes, so do not wait longer than that.
+        deadline = time.monotonic() + min(float(self.cs.drain_timeout), self._session_timeout)
+        if self._rebalancing:
+            logger.info("%s: a rebalance is under way; leaving once it completes", self.cs.name)
+        while self._rebalancing and time.monotonic() < deadline:
+            consumer.poll(0.1)
 
     def _drain(self) -> None:
         """Wait (bounded) for invocations under way; queued records stay uncommitted."""
@@ -195,6 +216,7 @@ class ConsumerRunner:
             return sum(self._active.values())
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._rebalancing = False
         with self._lock:
             for tp in partitions:
                 self.assignment.add((tp.topic, tp.partition))
@@ -211,6 +233,7 @@ class ConsumerRunner:
         logger.info("%s: assigned %s", self.cs.name, sorted(p for _, p in self.assignment))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._rebalancing = not self.stop.is_set()  # at close, the group is being left anyway
         keys = {(tp.topic, tp.partition) for tp in partitions}
         with self._lock:
             for key in keys:

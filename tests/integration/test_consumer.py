@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 from consumer_harness import committed, consumer_spec, event, invoked_names, produce, start
-from producer_harness import read_topic, wait_for
+from producer_harness import read_topic, run_in_thread, wait_for
 
 from dcnios.cli import main as dcnios_main
+from dcnios.consumers.run import ConsumerRunner
 from dcnios.control import write_control
 from dcnios.sandbox.oscar import Call, OscarEmulator
 from dcnios.storage_event import dcache_envelope
@@ -582,3 +583,34 @@ def test_metrics_and_healthz(
     assert "dcnios_consumer_invocation_seconds_bucket" in text
     assert f'dcnios_consumer_lag{{consumer="svc",partition="0",topic="{prefix}.events"}}' in text
     assert health["ok"] is True and health["consumer"] == "svc" and len(health["assigned"]) == 6
+
+
+def test_the_first_member_stopped_mid_join_leaves_the_group_usable(
+    bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    # Tansu 0.6 wedges a group for good when its first member leaves while that member's JoinGroup
+    # is pending (it stays leader, never syncs, never expires), so a stop during a rebalance first
+    # lets the rebalance complete.
+    prefix = unique("join")
+    spec = consumer_spec(tmp_path, bootstrap, oscar.endpoint, prefix)
+    join_states: list[str] = []
+
+    def stats(raw: str) -> None:
+        join_states.append(json.loads(raw).get("cgrp", {}).get("join_state", ""))
+
+    stop = threading.Event()
+    watched = {"statistics.interval.ms": "50", "stats_cb": stats}
+    leaver = run_in_thread(
+        ConsumerRunner(spec, spec.consumers[0], stop=stop, extra_config=watched),  # type: ignore[arg-type]
+        stop,
+    )
+    wait_for(lambda: "wait-join" in join_states, 30)
+    leaver.halt()
+    assert not leaver.errors
+    second = start(spec)
+    try:
+        produce(bootstrap, f"{prefix}.events", [event(i) for i in range(50)])
+        wait_for(lambda: len(oscar.jobs("grayify")) >= 50, 60)
+    finally:
+        second.halt()
+    assert sorted(invoked_names(oscar.job_calls("grayify"))) == [f"f{i:05d}.png" for i in range(50)]
