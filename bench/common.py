@@ -12,9 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dcnios.broker import EmbeddedBroker
-from dcnios.codec import StorageEventCodec
+from dcnios.sandbox.records import produce_sample_events
 from dcnios.spec import PipelineSpec
-from dcnios.storage_event import StorageEvent, now_millis
 
 #: Raw samples for the plots (bench/plots.py), filled by the benchmarks of one run.
 SERIES: dict[str, Any] = {}
@@ -83,29 +82,4 @@ def median(values: list[float]) -> float:
 
 def produce_names(spec: PipelineSpec, names: list[str]) -> None:
     """Records for /in/<name> on the first consumer's topic, as the producer would write them."""
-    from confluent_kafka import Producer
-
-    topic = spec.consumers[0].topic
-    codec = StorageEventCodec()
-    producer = Producer({"bootstrap.servers": spec.kafka.bootstrap_servers, "linger.ms": 5})
-    for i, name in enumerate(names):
-        event = StorageEvent(
-            "src",
-            f"/in/{name}",
-            name,
-            ("IN_CLOSE_WRITE",),
-            None,
-            False,
-            "ch",
-            i,
-            "http://d/api/v1/events/channels/ch/subscriptions/inotify/AAB",
-            now_millis(),
-        )
-        value, headers = codec.encode(event, topic)
-        while True:
-            try:
-                producer.produce(topic, value, event.key, headers=headers)
-                break
-            except BufferError:
-                producer.poll(0.05)
-    producer.flush(60)
+    produce_sample_events(spec.kafka.bootstrap_servers, spec.consumers[0].topic, names)

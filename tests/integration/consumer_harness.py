@@ -12,8 +12,9 @@ from producer_harness import Running, run_in_thread
 from dcnios.codec import StorageEventCodec
 from dcnios.consumers.run import ConsumerRunner
 from dcnios.kafka import ensure_topics
+from dcnios.sandbox.records import sample_event
 from dcnios.spec import PipelineSpec, load_spec
-from dcnios.storage_event import StorageEvent, now_millis
+from dcnios.storage_event import StorageEvent
 from dcnios.topics import topic_plan
 
 
@@ -64,19 +65,7 @@ consumers:
 
 
 def event(i: int, path: str | None = None, channel: str = "ch") -> StorageEvent:
-    path = path or f"/data/in/f{i:05d}.png"
-    return StorageEvent(
-        "src",
-        path,
-        path.rsplit("/", 1)[1],
-        ("IN_CLOSE_WRITE",),
-        None,
-        False,
-        channel,
-        i,
-        f"http://d/api/v1/events/channels/{channel}/subscriptions/inotify/AAB",
-        now_millis(),
-    )
+    return sample_event(path or f"/data/in/f{i:05d}.png", i, channel)
 
 
 def produce(bootstrap: str, topic: str, events: list[StorageEvent]) -> None:

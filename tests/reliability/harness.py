@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, TopicPartition
 from dcnios.codec import StorageEventCodec
 from dcnios.errors import CodecError
 from dcnios.kafka import ensure_topics
+from dcnios.sandbox.records import produce_sample_events
 from dcnios.spec import PipelineSpec, load_spec
 from dcnios.status import partition_extents
 from dcnios.topics import topic_plan
@@ -208,36 +209,7 @@ def env_size(full: int, reduced: int, full_mode: bool) -> int:
 
 def produce_events(bootstrap: str, topic: str, names: Iterable[str], channel: str = "ch") -> int:
     """Records for /in/<name> (ids in order), as the producer would write them."""
-    from confluent_kafka import Producer
-
-    from dcnios.storage_event import StorageEvent, now_millis
-
-    codec = StorageEventCodec()
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-    n = 0
-    for i, name in enumerate(names):
-        event = StorageEvent(
-            "src",
-            f"/in/{name}",
-            name,
-            ("IN_CLOSE_WRITE",),
-            None,
-            False,
-            channel,
-            i,
-            f"http://d/api/v1/events/channels/{channel}/subscriptions/inotify/AAB",
-            now_millis(),
-        )
-        value, headers = codec.encode(event, topic)
-        while True:
-            try:
-                producer.produce(topic, value, event.key, headers=headers)
-                break
-            except BufferError:
-                producer.poll(0.05)
-        n += 1
-    assert producer.flush(60) == 0
-    return n
+    return produce_sample_events(bootstrap, topic, names, channel)
 
 
 def invoked(calls: Iterable[Any]) -> list[str]:
