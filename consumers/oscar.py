@@ -1,20 +1,18 @@
-"""Invoking one OSCAR service: pooled session, token cache, retry classification, job-state gate.
+"""The OSCAR API as dcnios uses it: invocations, the service definition, job listings and logs.
 
-Follows shared/reference/oscar-api.md: POST /job/{service} (or /run) with the service token as
-Bearer; 201 with an empty body is success; a repeated X-Delegated-Job-ID answers 500 "already
-exists", which means the job exists, so it counts as success.
+Follows shared/reference/oscar-api.md. ``POST /job/{service}`` succeeds with 201 and an empty
+body, ``POST /run/{service}`` with 200 (§1, §4); nothing else counts, and redirects are never
+followed (a 301 would turn the POST into a GET, a 307 re-POSTs without the token). A repeated
+``X-Delegated-Job-ID`` answers 500 ``jobs.batch "<name>" already exists`` (§4.1 step 14): the job
+exists. ``/system/*`` takes Basic (cluster admin) or an OIDC bearer (§2.1).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import secrets
 import threading
-import time
-from collections import deque
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
@@ -23,52 +21,33 @@ from requests.adapters import HTTPAdapter
 
 from dcnios.errors import OscarError
 from dcnios.http import TrustedSession
-from dcnios.spec import ConsumerSpec, OscarSpec
-from dcnios.storage_event import StorageEvent, dcache_envelope, dedup_key, record_json
+from dcnios.spec import OscarSpec
 
-__all__ = [
-    "Attempt",
-    "OscarInvoker",
-    "PendingJobsGate",
-    "invoke_with_retry",
-    "job_id_for",
-    "payload_for",
-    "traceparent_for",
-]
+__all__ = ["Attempt", "OscarInvoker", "ServiceInput", "service_input"]
 
 logger = logging.getLogger(__name__)
 _ALREADY_EXISTS: Final = "already exists"
+#: What OSCAR itself answers when it, or the cluster under it, is failing as a whole (§4.2: 500 is
+#: the Kubernetes API's error text; 502-504 come from the ingress when the manager is down).
+_SYSTEM_STATUSES: Final = frozenset({500, 502, 503, 504})
 
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """The outcome of one HTTP attempt."""
+    """The outcome of one HTTP attempt, classified once.
+
+    ``exists``: OSCAR already has a job of this name (a replay of a deterministic id).
+    ``system``: OSCAR as a whole failed (connection refused, 5xx): a circuit-breaker signal, not
+    a fault of this record.
+    """
 
     ok: bool
     status: int | None
     retryable: bool
     error: str
     retry_after: float | None = None
-
-
-def payload_for(event: StorageEvent, mode: str) -> bytes:
-    """``dcache``: the byte-exact dCache envelope; ``record``: the record as compact JSON."""
-    if mode == "dcache":
-        return dcache_envelope(event)
-    return record_json(event)
-
-
-def job_id_for(event: StorageEvent, service: str) -> str:
-    """A DNS-1123 label (<= 63 chars) that is the same for every replay of one event."""
-    digest = hashlib.sha256(f"{event.source}\0{dedup_key(event)}".encode()).hexdigest()[:40]
-    prefix = service[:20].rstrip("-")
-    return f"{prefix}-{digest}"
-
-
-def traceparent_for(event: StorageEvent) -> str:
-    """W3C traceparent: the trace id derives from the event, so all its attempts share one trace."""
-    trace = hashlib.blake2b(dedup_key(event).encode(), digest_size=16).hexdigest()
-    return f"00-{trace}-{secrets.token_hex(8)}-01"
+    exists: bool = False
+    system: bool = False
 
 
 def _retry_after(response: requests.Response) -> float | None:
@@ -80,27 +59,138 @@ def _retry_after(response: requests.Response) -> float | None:
     except ValueError:
         pass
     try:
-        from datetime import UTC, datetime
-
         return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
     except (TypeError, ValueError):
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class ServiceInput:
+    """The service's dCache input: ``webdav.<id>`` provider and path (oscar-api.md §7)."""
+
+    provider: str
+    path: str
+
+
+def service_input(definition: dict[str, Any]) -> ServiceInput | None:
+    """The first ``webdav.*`` input of a service definition: the one the supervisor stages from.
+
+    faas-supervisor reads the first input of the event's provider type (its ``webdav``/dCache
+    event handling joins that path with ``event.name``).
+    """
+    for entry in definition.get("input") or ():
+        provider = str(entry.get("storage_provider") or "")
+        if provider.split(".", 1)[0] == "webdav" and isinstance(entry.get("path"), str):
+            path = "/" + entry["path"].strip("/")
+            return ServiceInput(provider, path)
+    return None
+
+
 class OscarInvoker:
-    """Thread-safe; one per consumer process."""
+    """Thread-safe; one per consumer process.
+
+    A session passed in is used as it is (its adapters, trust and headers are the caller's);
+    otherwise one is built with a connection pool of ``pool_size`` and the spec's ``ca_bundle``.
+    """
 
     def __init__(self, spec: OscarSpec, pool_size: int, session: requests.Session | None = None) -> None:
         self.spec = spec
-        self.session = session or TrustedSession()
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(pool_size, 1), max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.verify = spec.ca_bundle or True
-        self.url = f"{spec.endpoint.rstrip('/')}/{'job' if spec.mode == 'async' else 'run'}/{spec.service}"
+        if session is None:
+            session = TrustedSession()
+            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(pool_size, 1), max_retries=0)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            session.verify = spec.ca_bundle or True
+        self.session = session
+        self.base = spec.endpoint.rstrip("/")
+        self.path = f"/{'job' if spec.mode == 'async' else 'run'}/{spec.service}"
+        self.url = self.base + self.path
+        self._success = 201 if spec.mode == "async" else 200
         self._lock = threading.Lock()
         self._token: str | None = spec.token.reveal() if spec.token is not None else None
         self._token_generation = 0
+
+    # -- /system/* -------------------------------------------------------------------------
+    def _system_auth(self) -> tuple[dict[str, str], tuple[str, str] | None]:
+        if self.spec.username is not None and self.spec.password is not None:
+            return {}, (self.spec.username, self.spec.password.reveal())
+        if self.spec.oidc_token is not None:
+            return {"Authorization": f"Bearer {self.spec.oidc_token.reveal()}"}, None
+        raise OscarError(
+            f"no OSCAR credentials for /system/{self.spec.service} (give username/password or oidc_token)"
+        )
+
+    def system_get(
+        self, path: str, params: dict[str, str] | None = None, timeout: float = 30
+    ) -> requests.Response:
+        """GET ``/system/<path>``; raises OscarError naming the call on anything but 200."""
+        headers, auth = self._system_auth()
+        call = f"GET /system/{path}"
+        try:
+            response = self.session.get(
+                f"{self.base}/system/{path}",
+                params=params,
+                headers=headers,
+                auth=auth,
+                timeout=(float(self.spec.connect_timeout), timeout),
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            raise OscarError(
+                f"{call}: OSCAR unreachable at {self.base} ({type(exc).__name__})", call=call
+            ) from exc
+        if response.status_code != 200:
+            raise OscarError(
+                f"{call}: HTTP {response.status_code} {response.text[:200]}".rstrip(),
+                status=response.status_code,
+                call=call,
+            )
+        return response
+
+    def service_definition(self) -> dict[str, Any]:
+        response = self.system_get(f"services/{self.spec.service}")
+        try:
+            definition = response.json()
+        except ValueError as exc:
+            raise OscarError(f"GET /system/services/{self.spec.service}: not JSON") from exc
+        if not isinstance(definition, dict):
+            raise OscarError(f"GET /system/services/{self.spec.service}: not a service definition")
+        return definition
+
+    def input_path(self) -> str:
+        """The dCache directory the service stages from: the spec's, else the service's own."""
+        if self.spec.input_path is not None:
+            return self.spec.input_path
+        found = service_input(self.service_definition())
+        if found is None:
+            raise OscarError(
+                f"OSCAR service {self.spec.service} has no webdav.* input, so its supervisor cannot "
+                "stage dCache files: add `input: [{storage_provider: webdav.dcache, path: <dir>}]` "
+                "to its FDL, or use payload: record"
+            )
+        return found.path
+
+    def job_log(self, job: str) -> str:
+        return self.system_get(f"logs/{self.spec.service}/{job}").text
+
+    def list_jobs(self, page: str | None = None) -> dict[str, Any]:
+        """One page of ``GET /system/logs/{service}`` (§3.3)."""
+        response = self.system_get(f"logs/{self.spec.service}", params={"page": page} if page else None)
+        try:
+            body = response.json() if response.content else {}
+        except ValueError as exc:
+            raise OscarError(f"GET /system/logs/{self.spec.service}: not JSON") from exc
+        return body if isinstance(body, dict) else {}
+
+    def healthy(self) -> bool:
+        """``GET /health`` answers 200 ``Ok`` (§3), without credentials."""
+        try:
+            response = self.session.get(
+                f"{self.base}/health", timeout=(float(self.spec.connect_timeout), 10), allow_redirects=False
+            )
+        except requests.RequestException:
+            return False
+        return response.status_code == 200
 
     # -- token -----------------------------------------------------------------------------
     def token(self) -> tuple[str, int]:
@@ -122,41 +212,31 @@ class OscarInvoker:
         return True
 
     def _fetch_token(self) -> str:
-        # oscar-python opens a new connection per call: fine for this rare lookup, not the hot path.
-        from oscar_python.client import Client
-
-        options: dict[str, Any] = {
-            "cluster_id": "dcnios",
-            "endpoint": self.spec.endpoint.rstrip("/"),
-            "ssl": self.spec.ca_bundle or True,
-        }
-        if self.spec.username is not None and self.spec.password is not None:
-            options.update(user=self.spec.username, password=self.spec.password.reveal())
-        elif self.spec.oidc_token is not None:
-            options["oidc_token"] = self.spec.oidc_token.reveal()
-        else:
-            raise OscarError("no OSCAR credentials to fetch the service token with")
-        try:
-            response = Client(options=options).get_service(self.spec.service)
-            token = json.loads(response.text)["token"]
-        except requests.HTTPError as exc:
-            status = exc.response.status_code if exc.response is not None else None
-            raise OscarError(
-                f"GET /system/services/{self.spec.service}: {status} (fetching the service token)",
-                status=status,
-                call=f"GET /system/services/{self.spec.service}",
-            ) from exc
-        except (requests.RequestException, KeyError, ValueError) as exc:
-            raise OscarError(f"cannot fetch the token of OSCAR service {self.spec.service}: {exc}") from exc
-        return str(token)
+        # Through our own session, not oscar-python's Client: that opens a connection per call and
+        # passes bool(ssl) to requests, which drops a private ca_bundle.
+        token = self.service_definition().get("token")
+        if not isinstance(token, str) or not token:
+            raise OscarError(f"GET /system/services/{self.spec.service}: the definition holds no token")
+        return token
 
     # -- invocation ------------------------------------------------------------------------
     def invoke(self, body: bytes, headers: dict[str, str]) -> Attempt:
-        token, generation = self.token()
+        try:
+            token, generation = self.token()
+        except OscarError as exc:
+            # Fetching the token is part of the call: OSCAR down at start is an outage, not a bug.
+            return Attempt(
+                False, exc.status, True, f"token fetch: {exc}", system=exc.status is None or exc.status >= 500
+            )
         attempt = self._post(body, headers, token)
-        if attempt.status == 401 and self.refresh_token(generation):
-            token, _ = self.token()
-            attempt = self._post(body, headers, token)
+        if attempt.status == 401:
+            try:
+                refreshed = self.refresh_token(generation)
+            except OscarError as exc:
+                return Attempt(False, exc.status, True, f"token refresh: {exc}", system=True)
+            if refreshed:
+                token, _ = self.token()
+                attempt = self._post(body, headers, token)
         return attempt
 
     def _post(self, body: bytes, headers: dict[str, str], token: str) -> Attempt:
@@ -166,99 +246,55 @@ class OscarInvoker:
                 self.url,
                 data=body,
                 headers=all_headers,
-                timeout=(self.spec.connect_timeout, self.spec.timeout),
+                timeout=(float(self.spec.connect_timeout), float(self.spec.timeout)),
+                allow_redirects=False,
             )
         except requests.Timeout as exc:
-            return Attempt(False, None, True, f"timeout: {exc}")
+            return Attempt(False, None, True, f"timeout: {exc}", system=True)
         except requests.ConnectionError as exc:
-            return Attempt(False, None, True, f"connection error: {exc}")
+            return Attempt(False, None, True, f"connection error: {exc}", system=True)
         except requests.RequestException as exc:
             return Attempt(False, None, True, f"{type(exc).__name__}: {exc}")
         status = response.status_code
         text = response.text[:500]
-        if 200 <= status < 300:
+        if status == self._success:
             return Attempt(True, status, False, "")
+        if 300 <= status < 400:
+            location = response.headers.get("Location", "(no Location)")
+            return Attempt(
+                False,
+                status,
+                False,
+                f"HTTP {status} redirect to {location}: oscar.endpoint is not the OSCAR API "
+                "(redirects are not followed; fix the endpoint)",
+            )
+        if 200 <= status < 300:
+            return Attempt(
+                False,
+                status,
+                False,
+                f"HTTP {status} is not OSCAR's answer to POST {self.path} (expected {self._success}): "
+                f"{text[:120]}".rstrip(),
+            )
         if status == 500 and _ALREADY_EXISTS in text and "X-Delegated-Job-ID" in headers:
-            return Attempt(True, status, False, "job already exists (replay)")
+            return Attempt(True, status, False, "job already exists", exists=True)
         if status == 429 or status >= 500:
-            return Attempt(False, status, True, f"HTTP {status}: {text}".strip(), _retry_after(response))
+            return Attempt(
+                False,
+                status,
+                True,
+                f"HTTP {status}: {text}".strip(),
+                _retry_after(response),
+                system=status in _SYSTEM_STATUSES,
+            )
         return Attempt(False, status, False, f"HTTP {status}: {text}".strip())
 
 
-class PendingJobsGate:
-    """Holds invocations while the service's Pending + Running jobs are at ``limit``.
-
-    A 2xx from /job only means the Job object exists; this watches whether the cluster keeps up.
-    """
-
-    def __init__(self, spec: OscarSpec, limit: int, session: requests.Session | None = None) -> None:
-        self.spec = spec
-        self.limit = limit
-        self.session = session or TrustedSession()
-        self.session.verify = spec.ca_bundle or True
-        self.url = f"{spec.endpoint.rstrip('/')}/system/logs/{spec.service}"
-        self._cond = threading.Condition()
-        self._active = 0  # Pending + Running in the last job listing
-        self._in_call = 0  # invocations under way: their jobs may not exist yet
-        self._completed: deque[float] = deque()  # when calls returned, until a listing includes them
-        self.last_error: str | None = None
-
-    @property
-    def active(self) -> int:
-        return self._active
-
-    def poll_once(self) -> None:
-        started = time.monotonic()
-        headers = {}
-        if self.spec.oidc_token is not None:
-            headers["Authorization"] = f"Bearer {self.spec.oidc_token.reveal()}"
-        auth = None
-        if self.spec.username is not None and self.spec.password is not None:
-            auth = (self.spec.username, self.spec.password.reveal())
-        try:
-            response = self.session.get(self.url, headers=headers, auth=auth, timeout=(5, 30))
-            response.raise_for_status()
-            jobs = (response.json() or {}).get("jobs", {})
-            active = sum(1 for j in jobs.values() if j.get("status") in ("Pending", "Running", "Suspended"))
-        except (requests.RequestException, ValueError) as exc:
-            self.last_error = str(exc)
-            logger.warning("GET /system/logs/%s failed: %s", self.spec.service, exc)
-            return
-        with self._cond:
-            self.last_error = None
-            self._active = active
-            # Calls that returned before this listing began are in it; later ones may not be.
-            while self._completed and self._completed[0] <= started:
-                self._completed.popleft()
-            self._cond.notify_all()
-
-    def wait_for_room(self, stop: threading.Event) -> bool:
-        """Take a slot for one call; ``release()`` it when the call returns."""
-        with self._cond:
-            while self._active + self._in_call + len(self._completed) >= self.limit:
-                if stop.is_set():
-                    return False
-                self._cond.wait(0.2)
-            self._in_call += 1
-            return True
-
-    def release(self) -> None:
-        with self._cond:
-            self._in_call -= 1
-            self._completed.append(time.monotonic())
-
-
-def invoke_with_retry(
-    invoker: OscarInvoker, cs: ConsumerSpec, event: StorageEvent, stop: threading.Event
-) -> Attempt:
-    """One record outside the consumer loop (replays), with the consumer's retry policy."""
-    headers = {"traceparent": traceparent_for(event)}
-    if cs.oscar.job_id == "deterministic":
-        headers["X-Delegated-Job-ID"] = job_id_for(event, cs.oscar.service)
-    delay = float(cs.retry.initial_backoff)
-    for attempt_no in range(1, cs.retry.max_attempts + 1):
-        attempt = invoker.invoke(payload_for(event, cs.payload), headers)
-        if attempt.ok or not attempt.retryable or attempt_no == cs.retry.max_attempts or stop.wait(delay):
-            return attempt
-        delay = min(delay * 2, float(cs.retry.max_backoff))
-    raise AssertionError("max_attempts is at least 1")
+def parse_time(value: Any) -> float | None:
+    """OSCAR's job times (RFC 3339, UTC) as epoch seconds."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None

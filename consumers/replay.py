@@ -3,13 +3,16 @@
 It reads in its own group (``<group>-replay``), so the live group's offsets and members are not
 touched. Records are selected by Kafka timestamp (when the producer wrote them), the consumer's
 filter and an optional path glob; the same event twice in the window (a producer replay after a
-crash) is invoked once. The consumer's rate, concurrency, retry policy and job ids apply.
+crash) is invoked once. The consumer's rate, concurrency, retry policy and job tracking apply,
+through the same ``RecordPolicy`` as the consumer. A replay is a deliberate re-run: its job ids
+carry a new generation, so OSCAR creates new jobs instead of answering "already exists".
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -17,16 +20,19 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from dcnios.codec import StorageEventCodec
+from dcnios.consumers.breaker import CircuitBreaker
 from dcnios.consumers.dedup import DedupWindow
-from dcnios.consumers.oscar import Attempt, OscarInvoker, invoke_with_retry
+from dcnios.consumers.jobs import JobWatch
+from dcnios.consumers.oscar import OscarInvoker
 from dcnios.consumers.ratelimit import RateLimiter
+from dcnios.consumers.record import DeadLetter, Decision, Done, RecordPolicy, run_record
 from dcnios.errors import CodecError, KafkaError
 from dcnios.kafka import consumer_config
 from dcnios.spec import ConsumerSpec, PipelineSpec, glob_match
 from dcnios.status import partition_extents
 from dcnios.storage_event import StorageEvent, dedup_key
 
-__all__ = ["ReplayResult", "replay_window"]
+__all__ = ["ReplayResult", "Replayer", "replay_window"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +47,53 @@ class ReplayResult:
     filtered: int = 0
     duplicates: int = 0
     poison: int = 0
+    generation: int = 0
     failed: list[str] = field(default_factory=list)
+
+
+class Replayer:
+    """One consumer's records re-run one at a time per thread: policy, breaker and job watch.
+
+    ``dcnios replay`` and ``dcnios dlq replay`` both drive records through this, so they decide
+    exactly as the live consumer does.
+    """
+
+    def __init__(
+        self, cs: ConsumerSpec, invoker: OscarInvoker | None = None, *, generation: int | None = None
+    ) -> None:
+        self.cs = cs
+        self.invoker = invoker or OscarInvoker(cs.oscar, cs.concurrency)
+        self.generation = generation if generation is not None else int(time.time())
+        self.policy = RecordPolicy(
+            cs,
+            input_path=self.invoker.input_path() if cs.payload == "dcache" else None,
+            tracking=cs.oscar.tracking,
+            generation=self.generation,
+        )
+        self.breaker = CircuitBreaker()
+        self._stop_watch = threading.Event()
+        self.watch: JobWatch | None = None
+        if cs.oscar.tracking:
+            self.watch = JobWatch(self.invoker, interval=float(cs.oscar.pending_poll_interval))
+            threading.Thread(target=self.watch.run, args=(self._stop_watch,), daemon=True).start()
+        self._probe = threading.Thread(target=self._probe_health, daemon=True)
+        self._probe.start()
+
+    def run(self, event: StorageEvent, stop: threading.Event) -> Decision | None:
+        return run_record(self.policy, self.invoker, self.breaker, self.watch, event, stop=stop)
+
+    def close(self) -> None:
+        self._stop_watch.set()
+
+    def _probe_health(self) -> None:
+        delay = 1.0
+        while not self._stop_watch.wait(0.2 if not self.breaker.is_open else delay):
+            if self.breaker.is_open:
+                if self.invoker.healthy():
+                    self.breaker.close()
+                    delay = 1.0
+                else:
+                    delay = min(delay * 2, float(self.cs.oscar.health_probe_max))
 
 
 def _start_offsets(consumer: Consumer, topic: str, partitions: list[int], start_ms: int) -> dict[int, int]:
@@ -111,21 +163,22 @@ def _drive(
     invoker: OscarInvoker | None,
 ) -> None:
     codec = StorageEventCodec(spec.kafka.schema_registry)
-    invoker = invoker or OscarInvoker(cs.oscar, cs.concurrency)
+    replayer = Replayer(cs, invoker)
+    result.generation = replayer.generation
     limiter = RateLimiter(cs.rate.per_second if cs.rate else None)
     seen = DedupWindow(float("inf"))
     open_partitions = set(ranges)
-    pending: set[Future[tuple[str, Attempt]]] = set()
+    pending: set[Future[tuple[str, Decision | None]]] = set()
     lock = threading.Lock()
 
-    def settle(done: set[Future[tuple[str, Attempt]]]) -> None:
+    def settle(done: set[Future[tuple[str, Decision | None]]]) -> None:
         for future in done:
-            where, attempt = future.result()
+            where, decision = future.result()
             with lock:
-                if attempt.ok:
+                if isinstance(decision, Done):
                     result.invoked += 1
-                else:
-                    result.failed.append(f"{where}: {attempt.error}")
+                elif isinstance(decision, DeadLetter):
+                    result.failed.append(f"{where}: {decision.error}")
 
     with ThreadPoolExecutor(max_workers=cs.concurrency, thread_name_prefix=f"replay-{cs.name}") as pool:
         while open_partitions and not stop.is_set():
@@ -149,9 +202,10 @@ def _drive(
                 pending -= done
                 settle(done)
             where = f"{cs.topic}[{msg.partition()}]@{msg.offset()}"
-            pending.add(pool.submit(_invoke, invoker, cs, job, stop, where))
+            pending.add(pool.submit(_invoke, replayer, job, stop, where))
         done, _ = wait(pending)
         settle(done)
+    replayer.close()
     _commit_position(consumer)
 
 
@@ -175,9 +229,9 @@ def _in_window(
 
 
 def _invoke(
-    invoker: OscarInvoker, cs: ConsumerSpec, event: StorageEvent, stop: threading.Event, where: str
-) -> tuple[str, Attempt]:
-    return where, invoke_with_retry(invoker, cs, event, stop)
+    replayer: Replayer, event: StorageEvent, stop: threading.Event, where: str
+) -> tuple[str, Decision | None]:
+    return where, replayer.run(event, stop)
 
 
 def _select(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import random
 import threading
 import time
 from collections import deque
@@ -22,16 +21,21 @@ from typing import Any, Final
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from dcnios.codec import StorageEventCodec
+from dcnios.consumers.breaker import CircuitBreaker
 from dcnios.consumers.dedup import DedupWindow
-from dcnios.consumers.oscar import (
-    Attempt,
-    OscarInvoker,
-    PendingJobsGate,
-    job_id_for,
-    payload_for,
-    traceparent_for,
-)
+from dcnios.consumers.jobs import JobEnd, JobWatch, PendingJobsGate
+from dcnios.consumers.oscar import Attempt, OscarInvoker
 from dcnios.consumers.ratelimit import RateLimiter, member_share
+from dcnios.consumers.record import (
+    DeadLetter,
+    Decision,
+    Done,
+    Follow,
+    Prepared,
+    RecordPolicy,
+    Retry,
+    call_until_decided,
+)
 from dcnios.consumers.tracking import OffsetTracker
 from dcnios.control import ControlFollower, ControlState
 from dcnios.errors import CodecError, DcniosError, KafkaError
@@ -93,10 +97,16 @@ class ConsumerRunner:
         self.dedup = DedupWindow(consumer.dedup_window)
         self.limiter = RateLimiter(consumer.rate.per_second if consumer.rate else None)
         self.gate = (
-            PendingJobsGate(consumer.oscar, consumer.oscar.max_pending_jobs)
-            if consumer.oscar.max_pending_jobs
+            PendingJobsGate(consumer.oscar.max_pending_jobs) if consumer.oscar.max_pending_jobs else None
+        )
+        self.tracking = consumer.oscar.tracking
+        self.watch = (
+            JobWatch(self.invoker, interval=float(consumer.oscar.pending_poll_interval), gate=self.gate)
+            if self.tracking or self.gate is not None
             else None
         )
+        self.breaker = CircuitBreaker()
+        self.policy: RecordPolicy | None = None  # needs the service's input path: built in run()
         self.control = ControlState()
         self.assignment: set[tuple[str, int]] = set()
         self.total_partitions = 0
@@ -129,15 +139,31 @@ class ConsumerRunner:
                 "paused",
                 "pending_jobs",
                 "fetch_delay",
+                "job_queue",
+                "job_run",
+                "job_end_to_end",
+                "oscar_down",
+                "followed_jobs",
             )
         }
 
     # -- lifecycle -------------------------------------------------------------------------
     def run(self) -> None:
+        self.policy = RecordPolicy(
+            self.cs,
+            input_path=self.invoker.input_path() if self.cs.payload == "dcache" else None,
+            tracking=self.tracking,
+        )
+        self._announce_tracking()
         follower = ControlFollower(self.spec.kafka, self.cs.name, self._on_control).start()
-        threads = [threading.Thread(target=self._poll_producer, daemon=True, name="dlq-poller")]
-        if self.gate is not None:
-            threads.append(threading.Thread(target=self._poll_jobs, daemon=True, name="jobs-poller"))
+        threads = [
+            threading.Thread(target=self._poll_producer, daemon=True, name="dlq-poller"),
+            threading.Thread(target=self._probe_health, daemon=True, name="oscar-health"),
+        ]
+        if self.watch is not None:
+            threads.append(
+                threading.Thread(target=self.watch.run, args=(self._poller_stop,), daemon=True, name="jobs")
+            )
         for thread in threads:
             thread.start()
         if not follower.caught_up.wait(30):
@@ -179,6 +205,27 @@ class ConsumerRunner:
                 self._dlq.flush(30)
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 logger.info("%s: stopped", self.cs.name)
+
+    def _announce_tracking(self) -> None:
+        oscar = self.cs.oscar
+        if self.tracking:
+            logger.info(
+                "%s: following every job to Succeeded/Failed; a record is committed when its job ends",
+                self.cs.name,
+            )
+        elif oscar.mode == "async" and oscar.job_id != "deterministic":
+            logger.warning(
+                "%s: jobs are not followed: with job_id: random OSCAR returns no job name, so a 201 "
+                "(the Job object exists) counts as done; set job_id: deterministic (OSCAR >= 4.1) "
+                "and username/password to follow each job to its end",
+                self.cs.name,
+            )
+        elif oscar.mode == "async":
+            logger.warning(
+                "%s: jobs are not followed (track_jobs is off): a 201 counts as done", self.cs.name
+            )
+        if self.policy is not None and self.policy.input_path is not None:
+            logger.info("%s: the service stages files from %s", self.cs.name, self.policy.input_path)
 
     def _finish_rebalance(self, consumer: Consumer) -> None:
         """Leave the group from a settled state: a stop during a rebalance waits (bounded) for it.
@@ -329,7 +376,7 @@ class ConsumerRunner:
     def _stale(self, work: _Work) -> bool:
         return self._generation.get((work.msg.topic() or "", work.msg.partition() or 0)) != work.generation
 
-    def _process(self, work: _Work) -> None:
+    def _process(self, work: _Work, number: int = 1) -> None:
         key = (work.msg.topic() or "", work.msg.partition() or 0)
         with self._lock:
             if self._stale(work):
@@ -337,70 +384,128 @@ class ConsumerRunner:
                 return
             self._active[key] = self._active.get(key, 0) + 1
         try:
-            self._invoke_with_retries(work)
+            self._invoke_with_retries(work, number)
         finally:
             with self._lock:
                 self._active[key] -= 1
 
-    def _invoke_with_retries(self, work: _Work) -> None:
-        msg, event, spec = work.msg, work.event, self.cs
-        body = payload_for(event, spec.payload)
-        headers = {"traceparent": traceparent_for(event)}
-        if spec.oscar.job_id == "deterministic":
-            headers["X-Delegated-Job-ID"] = job_id_for(event, spec.oscar.service)
-        work.first_attempt_ms = now_millis()
-        backoff = float(spec.retry.initial_backoff)
-        attempt: Attempt | None = None
-        give_up = False
-        while not self.stop.is_set() and not self._stale(work):
-            if not self._wait_for_turn():
-                break
-            work.attempts += 1
-            started = time.perf_counter()
-            try:
-                attempt = self.invoker.invoke(body, headers)
-            finally:
-                if self.gate is not None:
-                    self.gate.release()
-            self._m["latency"].observe(time.perf_counter() - started)
-            label = str(attempt.status) if attempt.status is not None else "error"
-            self.metrics.invocations.labels(spec.name, label).inc()
-            if attempt.ok:
-                self._finished(msg)
-                return
-            if not attempt.retryable or work.attempts >= spec.retry.max_attempts:
-                give_up = True
-                break
-            self._m["retries"].inc()
-            delay = attempt.retry_after if attempt.retry_after is not None else backoff
-            delay = min(delay, float(spec.retry.max_backoff)) * random.uniform(0.8, 1.0)  # noqa: S311
-            logger.warning(
-                "%s: %s failed (%s), attempt %d/%d, retrying in %.2fs",
-                spec.name,
-                _where(msg),
-                attempt.error,
-                work.attempts,
-                spec.retry.max_attempts,
-                delay,
-            )
-            backoff = min(backoff * 2, float(spec.retry.max_backoff))
-            if self.stop.wait(delay):
-                break
-        if not give_up or attempt is None:
-            # Stopped or revoked before a verdict: leave it uncommitted; it will be redelivered.
-            self.dedup.forget(dedup_key(event))
+    def _invoke_with_retries(self, work: _Work, number: int = 1) -> None:
+        assert self.policy is not None
+        if not work.first_attempt_ms:
+            work.first_attempt_ms = now_millis()
+        prepared = self.policy.prepare(work.event)
+        if isinstance(prepared, DeadLetter):
+            self._settle(work, prepared, number)
             return
+        decision, number = call_until_decided(
+            self.policy,
+            self.invoker,
+            self.breaker,
+            prepared,
+            number=number,
+            stop=self.stop,
+            wait_turn=self._wait_for_turn,
+            on_attempt=functools.partial(self._attempted, work),
+            stale=lambda: self._stale(work),
+        )
+        if decision is None:
+            # Stopped or revoked before a verdict: leave it uncommitted; it will be redelivered.
+            self.dedup.forget(dedup_key(work.event))
+            return
+        if isinstance(decision, Follow):
+            assert self.watch is not None
+            self.watch.follow(decision.job, functools.partial(self._job_ended, work, prepared, number))
+            self._m["followed_jobs"].set(self.watch.following)
+            return
+        self._settle(work, decision, number)
+
+    def _attempted(self, work: _Work, attempt: Attempt, seconds: float) -> None:
+        if self.gate is not None:
+            self.gate.release()
+        work.attempts += 1
+        self._m["latency"].observe(seconds)
+        label = str(attempt.status) if attempt.status is not None else "error"
+        self.metrics.invocations.labels(self.cs.name, label).inc()
+        self._m["oscar_down"].set(1 if self.breaker.is_open else 0)
+        if not attempt.ok and attempt.retryable:
+            self._m["retries"].inc()
+
+    def _job_ended(self, work: _Work, prepared: Prepared, number: int, end: JobEnd) -> None:
+        """From the job poller: the record's job has ended (or vanished)."""
+        assert self.policy is not None and self.watch is not None
+        self._m["followed_jobs"].set(self.watch.following)
+        self.metrics.jobs.labels(self.cs.name, end.status).inc()
+        if end.created is not None and end.started is not None:
+            self._m["job_queue"].observe(max(0.0, end.started - end.created))
+        if end.started is not None and end.finished is not None:
+            self._m["job_run"].observe(max(0.0, end.finished - end.started))
+        if end.finished is not None:
+            self._m["job_end_to_end"].observe(max(0.0, end.finished - work.event.observed_at / 1000))
+        if self._stale(work):
+            self.dedup.forget(dedup_key(work.event))  # the partition's new owner follows it
+            return
+        decision = self.policy.after_job(end, number)
+        if isinstance(decision, Retry):
+            logger.warning(
+                "%s: %s: %s; attempt %d/%d in %.2fs",
+                self.cs.name,
+                _where(work.msg),
+                decision.error,
+                decision.attempt,
+                self.cs.retry.max_attempts,
+                decision.delay,
+            )
+            self._pool.submit(self._retry_job, work, decision)
+            return
+        self._pool.submit(self._settle, work, decision, number)
+
+    def _retry_job(self, work: _Work, decision: Retry) -> None:
+        if self.stop.wait(decision.delay):
+            self.dedup.forget(dedup_key(work.event))
+            return
+        self._process(work, decision.attempt)
+
+    def _settle(self, work: _Work, decision: Decision, number: int) -> None:
+        if isinstance(decision, Done):
+            self._finished(work.msg)
+            return
+        assert isinstance(decision, DeadLetter)
         logger.error(
-            "%s: %s gave up after %d attempts: %s", spec.name, _where(msg), work.attempts, attempt.error
+            "%s: %s (%s) to the DLQ after %d attempt(s): %s",
+            self.cs.name,
+            _where(work.msg),
+            work.event.path,
+            number,
+            decision.error,
         )
         self._dead_letter(
-            msg,
-            attempt.error,
-            status=attempt.status,
+            work.msg,
+            decision.error,
+            status=decision.status,
             attempts=work.attempts,
             first_ms=work.first_attempt_ms,
-            reason="failed",
+            reason=decision.reason,
+            log_tail=decision.log_tail,
         )
+
+    def _probe_health(self) -> None:
+        """While the breaker is open: probe GET /health with backoff, then let calls through."""
+        delay = 1.0
+        while not self._poller_stop.is_set():
+            if not self.breaker.is_open:
+                delay = 1.0
+                self._poller_stop.wait(0.2)
+                continue
+            self._m["oscar_down"].set(1)
+            if self._poller_stop.wait(delay):
+                return
+            if self.invoker.healthy():
+                down = time.monotonic() - (self.breaker.opened_at or time.monotonic())
+                logger.warning("%s: OSCAR answers again after %.0fs; resuming", self.cs.name, down)
+                self.breaker.close()
+                self._m["oscar_down"].set(0)
+            else:
+                delay = min(delay * 2, float(self.cs.oscar.health_probe_max))
 
     def _wait_for_turn(self) -> bool:
         while self.control.paused:
@@ -420,7 +525,15 @@ class ConsumerRunner:
             self._completions.append(time.monotonic())
 
     def _dead_letter(
-        self, msg: Message, error: str, *, status: int | None, attempts: int, first_ms: int, reason: str
+        self,
+        msg: Message,
+        error: str,
+        *,
+        status: int | None,
+        attempts: int,
+        first_ms: int,
+        reason: str,
+        log_tail: str = "",
     ) -> None:
         headers: list[tuple[str, str | bytes | None]] = list(_headers(msg))
         headers += [
@@ -433,7 +546,10 @@ class ConsumerRunner:
             ("dcnios-partition", str(msg.partition()).encode()),
             ("dcnios-offset", str(msg.offset()).encode()),
             ("dcnios-consumer", self.cs.name.encode()),
+            ("dcnios-reason", reason.encode()),
         ]
+        if log_tail:
+            headers.append(("dcnios-job-log-tail", log_tail.encode("utf-8", "replace")[-2000:]))
         acked = threading.Event()
         assert self.cs.dead_letter_topic is not None
         self._dlq.produce(
@@ -460,13 +576,6 @@ class ConsumerRunner:
                 logger.error("%s: DLQ producer: %s", self.cs.name, exc)
                 self.stop.set()
                 return
-
-    def _poll_jobs(self) -> None:
-        assert self.gate is not None
-        while not self._poller_stop.is_set():
-            self.gate.poll_once()
-            self._m["pending_jobs"].set(self.gate.active)
-            self._poller_stop.wait(float(self.cs.oscar.pending_poll_interval))
 
     # -- flow control, rate, commits -------------------------------------------------------
     def _flow_control(self, consumer: Consumer) -> None:
@@ -524,6 +633,8 @@ class ConsumerRunner:
                 self._completions.popleft()
             achieved = len(self._completions) / 10
         self._m["achieved"].set(achieved)
+        if self.gate is not None:
+            self._m["pending_jobs"].set(self.gate.active)
         for topic, partition in list(self.assignment):
             try:
                 # From the last fetch response: no extra broker round trip per partition per second.
@@ -548,6 +659,8 @@ class ConsumerRunner:
                 "paused": self.control.paused,
                 "rate_limit": self.limiter.rate,
                 "poll_loop_stalled": stalled,
+                "oscar_down": self.breaker.is_open,
+                "following_jobs": self.watch.following if self.watch is not None else 0,
             },
         )
 

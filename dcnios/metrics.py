@@ -150,3 +150,37 @@ class ConsumerMetrics:
         self.pending_jobs = Gauge(
             "dcnios_consumer_pending_jobs", "Pending+Running jobs (max_pending_jobs)", labels, registry=r
         )
+        self.jobs = Counter(
+            "dcnios_consumer_jobs", "followed OSCAR jobs by final state", [*labels, "state"], registry=r
+        )
+        job_buckets = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+        self.job_queue = Histogram(
+            "dcnios_consumer_job_queue_seconds",
+            "a followed job's time before its pod started (creation -> start)",
+            labels,
+            registry=r,
+            buckets=job_buckets,
+        )
+        self.job_run = Histogram(
+            "dcnios_consumer_job_run_seconds",
+            "a followed job's run time (start -> finish)",
+            labels,
+            registry=r,
+            buckets=job_buckets,
+        )
+        self.job_end_to_end = Histogram(
+            "dcnios_consumer_job_end_to_end_seconds",
+            "event observed by the producer -> its job finished",
+            labels,
+            registry=r,
+            buckets=job_buckets,
+        )
+        self.followed_jobs = Gauge(
+            "dcnios_consumer_followed_jobs", "jobs created and not yet ended", labels, registry=r
+        )
+        self.oscar_down = Gauge(
+            "dcnios_consumer_oscar_down",
+            "1 while the circuit breaker holds invocations (OSCAR failing as a whole)",
+            labels,
+            registry=r,
+        )

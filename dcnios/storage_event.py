@@ -127,14 +127,16 @@ def _jackson_value(value: Any) -> str:
     raise TypeError(f"no JSON form for {type(value).__name__}")
 
 
-def dcache_envelope(event: StorageEvent) -> bytes:
+def dcache_envelope(event: StorageEvent, name: str | None = None) -> bytes:
     """The dCache SSE ``data`` JSON of this event, byte for byte as the frontend wrote it.
 
-    Key order (name, cookie, mask; then subscription) and omitted nulls follow Jackson.
+    Key order (name, cookie, mask; then subscription) and omitted nulls follow Jackson. ``name``
+    replaces ``event.name`` (the path relative to the OSCAR service's input directory).
     """
     parts = []
-    if event.name is not None:
-        parts.append(f'"name":{_jackson_string(event.name)}')
+    name = name if name is not None else event.name
+    if name is not None:
+        parts.append(f'"name":{_jackson_string(name)}')
     if event.cookie is not None:
         parts.append(f'"cookie":{_jackson_string(event.cookie)}')
     parts.append('"mask":[' + ",".join(_jackson_string(m) for m in event.mask) + "]")

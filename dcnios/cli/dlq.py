@@ -11,7 +11,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from dcnios.cli._common import EXIT_FAILURE, EXIT_OK, StopFlag, add_common, consumer_arg, load_spec_arg
 from dcnios.codec import StorageEventCodec
-from dcnios.consumers.oscar import OscarInvoker, invoke_with_retry
+from dcnios.consumers.oscar import OscarInvoker
+from dcnios.consumers.record import DeadLetter, Done
+from dcnios.consumers.replay import Replayer
 from dcnios.errors import CodecError, KafkaError
 from dcnios.kafka import consumer_config
 
@@ -47,7 +49,7 @@ def run_replay(args: argparse.Namespace) -> int:
     assert cs.dead_letter_topic is not None
     stop = StopFlag().install()
     codec = StorageEventCodec(spec.kafka.schema_registry)
-    invoker = OscarInvoker(cs.oscar, 1)
+    replayer = Replayer(cs, OscarInvoker(cs.oscar, 1))
     consumer = Consumer(consumer_config(spec.kafka, f"{cs.group}-dlq-replay", **cs.librdkafka))
     _assign_from_committed(consumer, cs.dead_letter_topic)
     replayed = skipped = 0
@@ -70,14 +72,18 @@ def run_replay(args: argparse.Namespace) -> int:
                 skipped += 1
                 _commit(consumer, msg)
                 continue
-            attempt = invoke_with_retry(invoker, cs, event, stop.event)
-            if not attempt.ok:
-                sys.stderr.write(f"OscarError: {where} ({event.path}) failed again: {attempt.error}\n")
+            decision = replayer.run(event, stop.event)
+            if decision is None:
+                break  # stopped: this dead letter stays uncommitted
+            if not isinstance(decision, Done):
+                error = decision.error if isinstance(decision, DeadLetter) else str(decision)
+                sys.stderr.write(f"OscarError: {where} ({event.path}) failed again: {error}\n")
                 return EXIT_FAILURE
             _commit(consumer, msg)
             replayed += 1
             sys.stderr.write(f"\rreplayed {replayed}" + (f"/{args.max}" if args.max else "") + " ")
     finally:
+        replayer.close()
         consumer.close()
     sys.stderr.write("\n")
     sys.stdout.write(f"{args.name}: replayed {replayed} dead letters; {skipped} poison records skipped\n")

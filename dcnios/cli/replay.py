@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from dcnios.cli._common import EXIT_FAILURE, EXIT_OK, StopFlag, add_common, consumer_arg, load_spec_arg
+from dcnios.consumers.replay import replay_window
 from dcnios.errors import ConfigError
 
 __all__ = ["parse_time", "register"]
@@ -25,7 +26,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Re-drive the records a consumer's topic received between --from and --to "
         "(Kafka timestamps) whose path matches --path, into the consumer's OSCAR service. It runs "
         "in group <group>-replay, so the live group is not disturbed; the consumer's filter, rate, "
-        "concurrency, retry policy and job ids apply, and an event present twice is invoked once.",
+        "concurrency, retry policy and job tracking apply, and an event present twice is invoked once. "
+        "Job ids carry a new generation (the replay's start time), so OSCAR runs every job again "
+        "instead of answering 'already exists'.",
         epilog="TIME: ISO 8601 (2026-11-22T10:00:00Z; without a zone it is local time), 'now', or "
         "an age such as 90m, 2h, 1d.",
     )
@@ -56,7 +59,6 @@ def parse_time(text: str, *, now: float | None = None, option: str = "--from") -
 
 
 def run(args: argparse.Namespace) -> int:
-    from dcnios.consumers.replay import replay_window
 
     spec = load_spec_arg(args.config, args.bootstrap)
     cs = consumer_arg(spec, args.name)
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write(
         f"{cs.name}: {result.invoked} invoked, {result.filtered} filtered out, {result.duplicates} "
         f"duplicates skipped, {result.poison} poison, {len(result.failed)} failed "
-        f"(of {result.scanned} records in the window)\n"
+        f"(of {result.scanned} records in the window; job generation {result.generation})\n"
     )
     for failure in result.failed:
         sys.stderr.write(f"OscarError: {failure}\n")

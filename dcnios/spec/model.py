@@ -68,6 +68,10 @@ def _positive(value: float) -> str | None:
     return None if value > 0 else f"expected a positive number, got {value!r}"
 
 
+def _abs_path(value: str) -> str | None:
+    return _abs_paths((value,))
+
+
 def _abs_paths(values: tuple[str, ...]) -> str | None:
     bad = [v for v in values if not v.startswith("/") or (len(v) > 1 and v.endswith("/"))]
     if bad:
@@ -293,6 +297,26 @@ class OscarSpec:
         None, doc="hold invocations while Pending+Running jobs reach this", check=_positive
     )
     pending_poll_interval: Duration = spec_field(Duration(2), doc="how often to poll job states")
+    input_path: str | None = spec_field(
+        None,
+        doc="the service's webdav input path (dCache directory); absent: read from the service definition",
+        check=_abs_path,
+    )
+    track_jobs: bool | None = spec_field(
+        None,
+        doc="follow each job to Succeeded/Failed before committing (needs job_id: deterministic and "
+        "username/password); absent: on when both are given",
+    )
+    health_probe_max: Duration = spec_field(
+        Duration(60), doc="largest delay between /health probes while OSCAR is down", check=_positive
+    )
+
+    @property
+    def tracking(self) -> bool:
+        """Whether jobs are followed to their end (see ``track_jobs``)."""
+        if self.track_jobs is not None:
+            return self.track_jobs
+        return self.job_id == "deterministic" and self.username is not None and self.mode == "async"
 
     def validate(self) -> Problems:
         kinds = [
@@ -308,8 +332,29 @@ class OscarSpec:
             yield "", f"give exactly one of token, username/password, oidc_token; got {kinds or 'none'}"
         if (self.username is None) != (self.password is None):
             yield "", "username and password go together"
-        if self.max_pending_jobs is not None and self.token is not None and len(kinds) == 1:
-            yield "max_pending_jobs", "needs username/password or oidc_token (GET /system/logs)"
+        # With an OIDC token OSCAR lists only jobs labelled with that token's owner, and jobs posted
+        # with the service token carry no owner label (oscar-api.md §3.3): only Basic sees them.
+        if self.max_pending_jobs is not None and self.username is None:
+            yield (
+                "max_pending_jobs",
+                "needs username/password: GET /system/logs with an OIDC token or a "
+                "service token does not list the jobs dcnios creates",
+            )
+        if self.track_jobs:
+            if self.job_id != "deterministic":
+                yield (
+                    "track_jobs",
+                    "needs job_id: deterministic (OSCAR >= 4.1): with random ids OSCAR "
+                    "returns no job name to follow",
+                )
+            if self.mode != "async":
+                yield "track_jobs", "applies to mode: async only (/run answers with the result)"
+            if self.username is None:
+                yield (
+                    "track_jobs",
+                    "needs username/password: GET /system/logs with an OIDC token or a "
+                    "service token does not list the jobs dcnios creates",
+                )
         yield from _file_exists(self.ca_bundle, "ca_bundle")
 
 
@@ -355,6 +400,14 @@ class ConsumerSpec:
     def validate(self) -> Problems:
         if self.dead_letter_topic == self.topic:
             yield "dead_letter_topic", "must differ from topic"
+        if self.payload == "dcache" and self.oscar.input_path is None and self.oscar.token is not None:
+            # The supervisor stages <input path>/<event.name>: without the input path the file's
+            # name relative to it cannot be computed, and a service token cannot read the service.
+            yield (
+                "oscar.input_path",
+                "needed for payload: dcache with a service token (the service's "
+                "webdav input path), or give username/password to read it from the service",
+            )
 
 
 # -- nifi ---------------------------------------------------------------------------------

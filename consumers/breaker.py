@@ -1,0 +1,67 @@
+"""Circuit breaker: when OSCAR fails as a whole, hold every invocation instead of spending retries.
+
+A connection refused or a 5xx on most calls is not a fault of the records being invoked; without
+the breaker each of them would burn its ``max_attempts`` and the whole backlog would land in the
+DLQ during an outage. Pure state; the consumer probes ``GET /health`` while it is open.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Final
+
+__all__ = ["CircuitBreaker"]
+
+#: Opens after this many system failures in a row ...
+CONSECUTIVE: Final = 5
+#: ... or when this share of the last WINDOW calls were system failures.
+WINDOW: Final = 20
+SHARE: Final = 0.8
+
+
+class CircuitBreaker:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._recent: deque[bool] = deque(maxlen=WINDOW)  # True: a system failure
+        self._run = 0
+        self.is_open = False
+        self.opened_at: float | None = None
+        self.openings = 0
+        self.reason = ""
+
+    def record(self, system_failure: bool, error: str = "") -> bool:
+        """Count one call's outcome; True when this call opened the breaker."""
+        with self._cond:
+            self._recent.append(system_failure)
+            self._run = self._run + 1 if system_failure else 0
+            if self.is_open or not system_failure:
+                return False
+            share = sum(self._recent) / len(self._recent)
+            if self._run >= CONSECUTIVE or (len(self._recent) == WINDOW and share >= SHARE):
+                self.is_open = True
+                self.opened_at = self._clock()
+                self.openings += 1
+                self.reason = error
+                return True
+            return False
+
+    def close(self) -> None:
+        with self._cond:
+            self.is_open = False
+            self.opened_at = None
+            self._run = 0
+            self._recent.clear()
+            self._cond.notify_all()
+
+    def wait_closed(self, stop: threading.Event) -> bool:
+        """Block while open; False if ``stop`` was set first."""
+        with self._cond:
+            while self.is_open:
+                if stop.is_set():
+                    return False
+                self._cond.wait(0.2)
+            return not stop.is_set()

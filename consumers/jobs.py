@@ -1,0 +1,244 @@
+"""OSCAR jobs after the 201: their names, the paginated listing, and following each one to its end.
+
+A 201 from ``POST /job`` only means the Kubernetes Job exists; OSCAR runs it once
+(``backoffLimit: 0``) and it can still fail (oscar-api.md §4.1 step 10). With deterministic job
+names the consumer knows what to look for in ``GET /system/logs/{service}``, which lists at most
+``JOB_LISTING_LIMIT`` (70) jobs a page plus ``next_page``/``remaining_jobs`` (§3.3). One poller
+reads every page and feeds both the job follower and the ``max_pending_jobs`` gate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from dcnios.consumers.oscar import OscarInvoker, parse_time
+from dcnios.errors import OscarError
+from dcnios.storage_event import StorageEvent, dedup_key
+
+__all__ = ["JobEnd", "JobWatch", "PendingJobsGate", "job_name"]
+
+logger = logging.getLogger(__name__)
+
+#: Pod phases (§3.3); ``Suspended`` is a Job that Kueue has not admitted yet.
+ACTIVE_STATES: Final = frozenset({"Pending", "Running", "Suspended"})
+FINAL_STATES: Final = frozenset({"Succeeded", "Failed"})
+_MAX_PAGES: Final = 10_000  # a listing that never ends is a broken server, not 700k jobs
+_LOG_TAIL_CHARS: Final = 2000
+
+
+def job_name(event: StorageEvent, service: str, generation: int = 0, attempt: int = 1) -> str:
+    """A DNS-1123 label (<= 63 chars), the same for every delivery of one event.
+
+    ``generation`` separates deliberate re-runs (``dcnios replay``, ``dlq replay``) from replays:
+    OSCAR keeps a finished job's name for 30 days and refuses it again. ``attempt`` > 1 adds
+    ``-a<n>``: a job that failed keeps its name, so each retry needs a new one.
+    """
+    seed = f"{event.source}\0{dedup_key(event)}" + (f"\0g{generation}" if generation else "")
+    digest = hashlib.sha256(seed.encode()).hexdigest()[:32]
+    base = f"{service[:20].rstrip('-')}-{digest}"
+    return base if attempt == 1 else f"{base}-a{attempt}"
+
+
+@dataclass(frozen=True, slots=True)
+class JobEnd:
+    """How a followed job ended. ``Missing``: it never showed up in the listing, or vanished."""
+
+    name: str
+    status: str  # Succeeded | Failed | Missing
+    created: float | None = None
+    started: float | None = None
+    finished: float | None = None
+    log_tail: str = ""
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "Succeeded"
+
+
+@dataclass(slots=True)
+class _Followed:
+    on_end: Callable[[JobEnd], None]
+    since: float
+    seen: bool = False
+
+
+class PendingJobsGate:
+    """Holds invocations while the service's Pending + Running jobs are at ``limit``.
+
+    Counts what the last listing saw, calls under way (their jobs may not exist yet), and calls
+    that returned since that listing began; the listing poller calls ``observe``.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._cond = threading.Condition()
+        self._active = 0
+        self._in_call = 0
+        self._completed: deque[float] = deque()
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    def observe(self, active: int, listing_started: float) -> None:
+        with self._cond:
+            self._active = active
+            while self._completed and self._completed[0] <= listing_started:
+                self._completed.popleft()
+            self._cond.notify_all()
+
+    def wait_for_room(self, stop: threading.Event) -> bool:
+        """Take a slot for one call; ``release()`` it when the call returns."""
+        with self._cond:
+            while self._active + self._in_call + len(self._completed) >= self.limit:
+                if stop.is_set():
+                    return False
+                self._cond.wait(0.2)
+            self._in_call += 1
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            self._in_call -= 1
+            self._completed.append(time.monotonic())
+
+
+class JobWatch:
+    """Polls every page of the job listing; resolves followed jobs and feeds the gate.
+
+    ``missing_after``: a followed job absent from the listing that long (deleted, or never
+    created) ends as ``Missing``, which the record policy treats as a failed attempt.
+    """
+
+    def __init__(
+        self,
+        invoker: OscarInvoker,
+        *,
+        interval: float,
+        gate: PendingJobsGate | None = None,
+        missing_after: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.invoker = invoker
+        self.interval = interval
+        self.gate = gate
+        self.missing_after = missing_after
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._followed: dict[str, _Followed] = {}
+        self.last_error: str | None = None
+        self.pages_read = 0
+
+    @property
+    def following(self) -> int:
+        with self._lock:
+            return len(self._followed)
+
+    def follow(self, name: str, on_end: Callable[[JobEnd], None]) -> None:
+        """Call ``on_end`` once, from the poller thread, when job ``name`` has ended."""
+        with self._lock:
+            self._followed[name] = _Followed(on_end, self._clock())
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._followed.pop(name, None)
+
+    def wait(self, name: str, stop: threading.Event) -> JobEnd | None:
+        """Block until ``name`` ends (or ``stop``): for one-record-at-a-time callers."""
+        ended: list[JobEnd] = []
+        done = threading.Event()
+
+        def on_end(end: JobEnd) -> None:
+            ended.append(end)
+            done.set()
+
+        self.follow(name, on_end)
+        while not done.wait(0.1):
+            if stop.is_set():
+                self.forget(name)
+                return None
+        return ended[0]
+
+    def listing(self) -> dict[str, dict[str, Any]]:
+        """Every job of the service, through all pages (``?page=<next_page>``)."""
+        jobs: dict[str, dict[str, Any]] = {}
+        page: str | None = None
+        for _ in range(_MAX_PAGES):
+            body = self.invoker.list_jobs(page)
+            self.pages_read += 1
+            found = body.get("jobs") or {}
+            if isinstance(found, dict):
+                jobs.update({k: v for k, v in found.items() if isinstance(v, dict)})
+            page = body.get("next_page") or None
+            if not page:
+                return jobs
+        raise OscarError(f"GET /system/logs/{self.invoker.spec.service}: more than {_MAX_PAGES} pages")
+
+    def poll_once(self) -> None:
+        started = time.monotonic()
+        try:
+            jobs = self.listing()
+        except OscarError as exc:
+            if self.last_error != str(exc):
+                logger.warning("job listing failed: %s", exc)
+            self.last_error = str(exc)
+            return
+        self.last_error = None
+        if self.gate is not None:
+            self.gate.observe(sum(1 for j in jobs.values() if j.get("status") in ACTIVE_STATES), started)
+        now = self._clock()
+        ended: list[tuple[_Followed, JobEnd]] = []
+        with self._lock:
+            for name, followed in list(self._followed.items()):
+                info = jobs.get(name)
+                if info is None:
+                    if now - followed.since >= self.missing_after:
+                        del self._followed[name]
+                        ended.append((followed, JobEnd(name, "Missing")))
+                    continue
+                followed.seen = True
+                followed.since = now  # absence is measured from when it was last seen
+                status = info.get("status")
+                if status in FINAL_STATES:
+                    del self._followed[name]
+                    ended.append(
+                        (
+                            followed,
+                            JobEnd(
+                                name,
+                                str(status),
+                                parse_time(info.get("creation_time")),
+                                parse_time(info.get("start_time")),
+                                parse_time(info.get("finish_time")),
+                            ),
+                        )
+                    )
+        for followed, found in ended:
+            end = found if found.succeeded else _with_log_tail(self.invoker, found)
+            try:
+                followed.on_end(end)
+            except Exception:  # a callback bug must not stop the poller for every other job
+                logger.exception("job %s: handling its end failed", end.name)
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.poll_once()
+            stop.wait(self.interval)
+
+
+def _with_log_tail(invoker: OscarInvoker, end: JobEnd) -> JobEnd:
+    if end.status == "Missing":
+        return end
+    try:
+        log = invoker.job_log(end.name)
+    except OscarError as exc:
+        log = f"(log unavailable: {exc})"
+    tail = log[-_LOG_TAIL_CHARS:]
+    return JobEnd(end.name, end.status, end.created, end.started, end.finished, tail)

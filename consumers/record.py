@@ -1,0 +1,264 @@
+"""What happens to one record, decided in one place.
+
+``dcnios-consumer``, ``dcnios replay`` and ``dcnios dlq replay`` all ask a ``RecordPolicy``:
+what to send (``prepare``), and what to do after each call (``after_call``) and after each
+followed job (``after_job``). The answer is a ``Decision``: the callers differ only in how they
+wait (a thread pool with callbacks, or one record at a time), never in what they decide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dcnios.consumers.breaker import CircuitBreaker
+from dcnios.consumers.jobs import JobEnd, JobWatch, job_name
+from dcnios.consumers.oscar import Attempt, OscarInvoker
+from dcnios.spec import ConsumerSpec
+from dcnios.storage_event import StorageEvent, dcache_envelope, dedup_key, record_json
+
+__all__ = [
+    "DeadLetter",
+    "Decision",
+    "Done",
+    "Follow",
+    "Hold",
+    "Prepared",
+    "RecordPolicy",
+    "Retry",
+    "call_until_decided",
+    "run_record",
+    "staged_name",
+    "traceparent_for",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """Finished: invoked (201/200), the job Succeeded, or the job already existed (untracked)."""
+
+    how: str
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Call again as attempt ``attempt`` after ``delay`` seconds."""
+
+    attempt: int
+    delay: float
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Follow:
+    """The job exists; the record finishes when it ends."""
+
+    job: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """OSCAR is down as a whole: wait for the circuit breaker; this attempt does not count."""
+
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    reason: str  # failed | job-failed | unstageable | config
+    error: str
+    status: int | None = None
+    log_tail: str = ""
+
+
+Decision = Done | Retry | Follow | Hold | DeadLetter
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    event: StorageEvent
+    body: bytes
+
+
+def traceparent_for(event: StorageEvent) -> str:
+    """W3C traceparent: the trace id derives from the event, so all its attempts share one trace."""
+    trace = hashlib.blake2b(dedup_key(event).encode(), digest_size=16).hexdigest()
+    return f"00-{trace}-{secrets.token_hex(8)}-01"
+
+
+def staged_name(path: str, input_path: str) -> str | None:
+    """``event.name`` such that the supervisor's ``<input path>/<name>`` is ``path``; None if outside.
+
+    faas-supervisor ignores ``subscription`` and joins the service's first ``webdav`` input path
+    with ``event.name`` (faassupervisor/events/dCache.py), so a file below that directory must
+    carry its path relative to it.
+    """
+    base = input_path.rstrip("/")
+    if not path.startswith(base + "/"):
+        return None
+    relative = path[len(base) + 1 :]
+    return relative or None
+
+
+class RecordPolicy:
+    """Decisions for one consumer's records. ``generation`` > 0 marks a deliberate re-run."""
+
+    def __init__(
+        self, cs: ConsumerSpec, *, input_path: str | None, tracking: bool, generation: int = 0
+    ) -> None:
+        self.cs = cs
+        self.input_path = input_path
+        self.tracking = tracking
+        self.generation = generation
+
+    def prepare(self, event: StorageEvent) -> Prepared | DeadLetter:
+        if self.cs.payload == "record":
+            return Prepared(event, record_json(event))
+        assert self.input_path is not None, "payload: dcache needs the service's input path"
+        name = staged_name(event.path, self.input_path)
+        if name is None:
+            return DeadLetter(
+                "unstageable",
+                f"{event.path} is outside the service's input path {self.input_path}: OSCAR's "
+                "supervisor stages <input path>/<event.name>, so it cannot fetch this file",
+            )
+        return Prepared(event, dcache_envelope(event, name=name))
+
+    def job(self, event: StorageEvent, attempt: int) -> str | None:
+        if self.cs.oscar.job_id != "deterministic":
+            return None
+        return job_name(event, self.cs.oscar.service, self.generation, attempt)
+
+    def headers(self, event: StorageEvent, job: str | None) -> dict[str, str]:
+        headers = {"traceparent": traceparent_for(event)}
+        if job is not None:
+            headers["X-Delegated-Job-ID"] = job
+        return headers
+
+    def backoff(self, attempt: int) -> float:
+        """The delay before attempt ``attempt + 1``: doubling from initial_backoff, capped, jittered."""
+        retry = self.cs.retry
+        delay: float = min(float(retry.initial_backoff) * 2.0 ** (attempt - 1), float(retry.max_backoff))
+        return delay * random.uniform(0.8, 1.0)  # noqa: S311 - jitter, not security
+
+    def after_call(self, attempt: Attempt, number: int, *, breaker_open: bool, job: str | None) -> Decision:
+        if attempt.ok:
+            if self.tracking and job is not None:
+                return Follow(job)
+            return Done("exists" if attempt.exists else "invoked")
+        if attempt.system and breaker_open:
+            return Hold(attempt.error)
+        if not attempt.retryable:
+            return DeadLetter(
+                "config" if attempt.status in (301, 302, 303, 307, 308) else "failed",
+                attempt.error,
+                attempt.status,
+            )
+        if number >= self.cs.retry.max_attempts:
+            return DeadLetter("failed", attempt.error, attempt.status)
+        delay = attempt.retry_after if attempt.retry_after is not None else self.backoff(number)
+        return Retry(number + 1, min(delay, float(self.cs.retry.max_backoff)), attempt.error)
+
+    def after_job(self, end: JobEnd, number: int) -> Decision:
+        if end.succeeded:
+            return Done("succeeded")
+        error = f"job {end.name} {end.status}" + (
+            " (not in OSCAR's job listing)" if end.status == "Missing" else ""
+        )
+        if number >= self.cs.retry.max_attempts:
+            return DeadLetter("job-failed", error, None, end.log_tail)
+        return Retry(number + 1, self.backoff(number), error)
+
+
+def call_until_decided(
+    policy: RecordPolicy,
+    invoker: OscarInvoker,
+    breaker: CircuitBreaker,
+    prepared: Prepared,
+    *,
+    number: int,
+    stop: threading.Event,
+    wait_turn: Callable[[], bool],
+    on_attempt: Callable[[Attempt, float], None] | None = None,
+    stale: Callable[[], bool] = lambda: False,
+) -> tuple[Decision | None, int]:
+    """Call OSCAR from attempt ``number`` until Done, Follow or DeadLetter; None when stopped.
+
+    Returns the decision and the attempt number it was made at. Retries sleep here; a Hold waits
+    for the breaker to close and repeats the same attempt number.
+    """
+    while not stop.is_set() and not stale():
+        if not breaker.wait_closed(stop) or not wait_turn():
+            return None, number
+        job = policy.job(prepared.event, number)
+        started = time.perf_counter()
+        attempt = invoker.invoke(prepared.body, policy.headers(prepared.event, job))
+        if on_attempt is not None:
+            on_attempt(attempt, time.perf_counter() - started)
+        if breaker.record(attempt.system, attempt.error):
+            logger.error(
+                "OSCAR %s is failing as a whole (%s): invocations held until GET /health answers",
+                invoker.base,
+                attempt.error,
+            )
+        decision = policy.after_call(attempt, number, breaker_open=breaker.is_open, job=job)
+        if isinstance(decision, Hold):
+            continue
+        if isinstance(decision, Retry):
+            logger.warning(
+                "%s: %s failed (%s), attempt %d/%d, retrying in %.2fs",
+                policy.cs.name,
+                prepared.event.path,
+                decision.error,
+                number,
+                policy.cs.retry.max_attempts,
+                decision.delay,
+            )
+            number = decision.attempt
+            if stop.wait(decision.delay):
+                return None, number
+            continue
+        return decision, number
+    return None, number
+
+
+def run_record(
+    policy: RecordPolicy,
+    invoker: OscarInvoker,
+    breaker: CircuitBreaker,
+    watch: JobWatch | None,
+    event: StorageEvent,
+    *,
+    stop: threading.Event,
+    wait_turn: Callable[[], bool] = lambda: True,
+) -> Decision | None:
+    """One record to its final decision, blocking (replays): Done or DeadLetter; None if stopped."""
+    prepared = policy.prepare(event)
+    if isinstance(prepared, DeadLetter):
+        return prepared
+    number = 1
+    while True:
+        decision, number = call_until_decided(
+            policy, invoker, breaker, prepared, number=number, stop=stop, wait_turn=wait_turn
+        )
+        if not isinstance(decision, Follow):
+            return decision
+        assert watch is not None, "tracking needs a JobWatch"
+        end = watch.wait(decision.job, stop)
+        if end is None:
+            return None
+        after = policy.after_job(end, number)
+        if not isinstance(after, Retry):
+            return after
+        logger.warning("%s: %s: %s; attempt %d", policy.cs.name, event.path, after.error, after.attempt)
+        number = after.attempt
+        if stop.wait(after.delay):
+            return None
