@@ -32,6 +32,7 @@ __all__ = [
     "Prepared",
     "RecordPolicy",
     "Retry",
+    "body_for",
     "call_until_decided",
     "run_record",
     "staged_name",
@@ -108,6 +109,19 @@ def staged_name(path: str, input_path: str) -> str | None:
     return relative or None
 
 
+def body_for(event: StorageEvent, payload: str, input_path: str | None) -> bytes | None:
+    """The OSCAR request body; None when a ``dcache`` body cannot name a stageable file.
+
+    ``dcache``: the dCache envelope with ``event.name`` relative to ``input_path`` (byte-exact
+    for a file directly in it); ``record``: the whole record as JSON.
+    """
+    if payload == "record":
+        return record_json(event)
+    assert input_path is not None, "payload: dcache needs the service's input path"
+    name = staged_name(event.path, input_path)
+    return None if name is None else dcache_envelope(event, name=name)
+
+
 class RecordPolicy:
     """Decisions for one consumer's records. ``generation`` > 0 marks a deliberate re-run."""
 
@@ -120,17 +134,14 @@ class RecordPolicy:
         self.generation = generation
 
     def prepare(self, event: StorageEvent) -> Prepared | DeadLetter:
-        if self.cs.payload == "record":
-            return Prepared(event, record_json(event))
-        assert self.input_path is not None, "payload: dcache needs the service's input path"
-        name = staged_name(event.path, self.input_path)
-        if name is None:
+        body = body_for(event, self.cs.payload, self.input_path)
+        if body is None:
             return DeadLetter(
                 "unstageable",
                 f"{event.path} is outside the service's input path {self.input_path}: OSCAR's "
                 "supervisor stages <input path>/<event.name>, so it cannot fetch this file",
             )
-        return Prepared(event, dcache_envelope(event, name=name))
+        return Prepared(event, body)
 
     def job(self, event: StorageEvent, attempt: int) -> str | None:
         if self.cs.oscar.job_id != "deterministic":

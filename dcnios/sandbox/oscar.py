@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 __all__ = ["Call", "Job", "JobExecutor", "OscarEmulator"]
 
@@ -40,6 +40,7 @@ class Call:
     body: bytes
     at: float
     status: int = 0
+    query: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -52,6 +53,36 @@ class Job:
     start: float | None = None
     finish: float | None = None
     log: str = ""
+
+
+def _job_info(job: Job) -> dict[str, str]:
+    # creation_time is really the pod's start time in OSCAR (oscar-api.md §3.3).
+    fields = (
+        ("status", job.status),
+        ("creation_time", _iso(job.start)),
+        ("start_time", _iso(job.start)),
+        ("finish_time", _iso(job.finish)),
+    )
+    return {k: v for k, v in fields if v is not None}
+
+
+def _page_of(jobs: list[Job], token: str | None, size: int) -> dict[str, Any] | None:
+    """One page of GET /system/logs/{service}: at most ``size`` jobs, then ``next_page`` (a
+    Kubernetes continue token, opaque to clients) and ``remaining_jobs``; both omitted at the end
+    (pkg/handlers/logs.go, pkg/types/jobinfo.go: JOB_LISTING_LIMIT is 70)."""
+    start = 0
+    if token:
+        try:
+            start = int(base64.urlsafe_b64decode(token.encode()).decode().removeprefix("continue:"))
+        except (ValueError, UnicodeDecodeError):
+            return None
+    chunk = jobs[start : start + size]
+    body: dict[str, Any] = {"jobs": {j.name: _job_info(j) for j in chunk}}
+    rest = len(jobs) - start - len(chunk)
+    if rest > 0:
+        body["next_page"] = base64.urlsafe_b64encode(f"continue:{start + len(chunk)}".encode()).decode()
+        body["remaining_jobs"] = rest
+    return body
 
 
 def _iso(ts: float | None) -> str | None:
@@ -84,8 +115,10 @@ class OscarEmulator:
         job_duration: float | None = 0.0,
         pending_time: float = 0.0,
         executor: JobExecutor | None = None,
+        page_size: int = 70,
     ) -> None:
         self.version = version
+        self.page_size = page_size  # JOB_LISTING_LIMIT (pkg/handlers/logs.go)
         self.admin = admin
         self.latency = latency
         self.job_duration = job_duration  # None: jobs stay Running until finish_jobs()
@@ -120,9 +153,14 @@ class OscarEmulator:
         self.stop()
 
     # -- hooks -----------------------------------------------------------------------------
-    def add_service(self, name: str, **definition: Any) -> str:
-        """Create a service as POST /system/services would; returns its token."""
+    def add_service(self, name: str, *, input_path: str | None = None, **definition: Any) -> str:
+        """Create a service as POST /system/services would; returns its token.
+
+        ``input_path``: a dCache input (``input: [{storage_provider: webdav.dcache, path}]``, §7).
+        """
         token = secrets.token_hex(32)
+        if input_path is not None:
+            definition.setdefault("input", [{"storage_provider": "webdav.dcache", "path": input_path}])
         full = {
             "name": name,
             "image": "ghcr.io/grycap/imagemagick",
@@ -228,10 +266,12 @@ def _make_handler(emu: OscarEmulator) -> type[BaseHTTPRequestHandler]:
             return (user, password) == emu.admin
 
         def _dispatch(self) -> None:
-            path = unquote(urlsplit(self.path).path)
+            parts = urlsplit(self.path)
+            path = unquote(parts.path)
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            call = Call(self.command, path, dict(self.headers.items()), body, time.time())
+            query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+            call = Call(self.command, path, dict(self.headers.items()), body, time.time(), query=query)
             with emu.lock:
                 emu.calls.append(call)
             if len(body) < length:
@@ -298,20 +338,13 @@ def _make_handler(emu: OscarEmulator) -> type[BaseHTTPRequestHandler]:
                         self._send(404)
                         return 404
                     emu.advance()
-                    jobs = {
-                        j.name: {
-                            k: v
-                            for k, v in (
-                                ("status", j.status),
-                                ("creation_time", _iso(j.start)),
-                                ("start_time", _iso(j.start)),
-                                ("finish_time", _iso(j.finish)),
-                            )
-                            if v is not None
-                        }
-                        for j in service.jobs.values()
-                    }
-                    self._json(200, {"jobs": jobs})
+                    page = _page_of(list(service.jobs.values()), call.query.get("page"), emu.page_size)
+                    if page is None:
+                        # A bad continue token fails the Kubernetes list call, and OSCAR answers
+                        # a failed list with 500 and the error text (oscar-api.md §3).
+                        self._text(500, "invalid continue token")
+                        return 500
+                    self._json(200, page)
                     return 200
             self._text(404, "404 page not found")
             return 404

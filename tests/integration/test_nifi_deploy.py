@@ -51,7 +51,7 @@ kafka: {{bootstrap_servers: "{bootstrap}", internal_prefix: {prefix}, topic_defa
 consumers:
   - name: grayify
     topic: {prefix}.events
-    oscar: {{endpoint: "https://oscar.example.org", service: grayify, token: "{TOKEN}"}}
+    oscar: {{endpoint: "https://oscar.example.org", service: grayify, token: "{TOKEN}", input_path: /data}}
     rate: {rate}
     concurrency: 4
 nifi:

@@ -4,9 +4,23 @@ import re
 import threading
 
 from dcnios.consumers.dedup import DedupWindow
-from dcnios.consumers.oscar import job_id_for, payload_for, traceparent_for
+from dcnios.consumers.breaker import CircuitBreaker
+from dcnios.consumers.jobs import JobEnd, job_name
+from dcnios.consumers.oscar import Attempt, service_input
+from dcnios.consumers.record import (
+    DeadLetter,
+    Done,
+    Follow,
+    Hold,
+    Prepared,
+    RecordPolicy,
+    Retry,
+    staged_name,
+    traceparent_for,
+)
 from dcnios.consumers.ratelimit import RateLimiter, member_share
 from dcnios.consumers.tracking import OffsetTracker
+from dcnios.spec import parse_spec
 from dcnios.storage_event import StorageEvent, dcache_envelope
 
 
@@ -80,15 +94,116 @@ def test_dedup_window_expires() -> None:
     assert DedupWindow(0, clock).first_time("x") and DedupWindow(0, clock).first_time("x")
 
 
-def test_job_id_is_a_stable_dns_label() -> None:
-    job = job_id_for(event(), "grayify")
-    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", job)
-    assert job == job_id_for(event(), "grayify") != job_id_for(event(2), "grayify")
-    assert len(job_id_for(event(), "a-very-long-service-name-indeed-" * 2)) <= 63
+def test_job_names_are_stable_dns_labels_per_generation_and_attempt() -> None:
+    label = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+    long_service = "a-very-long-service-name-indeed-" * 2
+    names = {
+        job_name(event(), "grayify"),
+        job_name(event(), "grayify", attempt=2),
+        job_name(event(), "grayify", generation=1),
+        job_name(event(), "grayify", generation=1, attempt=2),
+    }
+    assert len(names) == 4  # every (generation, attempt) is a new Kubernetes Job
+    assert job_name(event(), "grayify") == job_name(event(), "grayify") != job_name(event(2), "grayify")
+    for name in [*names, job_name(event(), long_service, generation=123456789, attempt=99)]:
+        assert label.fullmatch(name) and len(name) <= 63, name
+
+
+def test_staged_name_is_relative_to_the_input_path() -> None:
+    assert staged_name("/data/in/a.png", "/data/in") == "a.png"
+    assert staged_name("/data/in/x/y z/ü#%?.png", "/data/in") == "x/y z/ü#%?.png"
+    assert staged_name("/data/in/a.png", "/") == "data/in/a.png"
+    assert staged_name("/data/inbox/a.png", "/data/in") is None  # a sibling, not below it
+    assert staged_name("/other/a.png", "/data/in") is None
+    assert staged_name("/data/in", "/data/in") is None
+
+
+def test_service_input_is_the_first_webdav_input() -> None:
+    definition = {
+        "input": [
+            {"storage_provider": "minio.default", "path": "bucket/in"},
+            {"storage_provider": "webdav.dcache", "path": "data/in/"},
+        ]
+    }
+    found = service_input(definition)
+    assert found is not None and (found.provider, found.path) == ("webdav.dcache", "/data/in")
+    assert service_input({"input": [{"storage_provider": "minio", "path": "b"}]}) is None
+    assert service_input({}) is None
+
+
+def _policy(*, tracking: bool = True, attempts: int = 3, payload: str = "dcache") -> RecordPolicy:
+    spec = parse_spec(
+        "consumers:\n"
+        "  - {name: c, topic: t, payload: " + payload + ", retry: {max_attempts: " + str(attempts) + "},\n"
+        "     oscar: {endpoint: 'https://o', service: grayify, username: u, password: p,\n"
+        "             job_id: deterministic}}\n"
+    )
+    return RecordPolicy(spec.consumers[0], input_path="/data/in", tracking=tracking)
+
+
+def test_the_body_names_the_file_relative_to_the_input_path() -> None:
+    nested = StorageEvent(
+        "src", "/data/in/run1/a.png", "a.png", ("IN_CLOSE_WRITE",), None, False, "ch", 1, "http://s", 5
+    )
+    prepared = _policy().prepare(nested)
+    assert isinstance(prepared, Prepared)
+    assert prepared.body == dcache_envelope(nested, name="run1/a.png")
+    flat = _policy().prepare(event())
+    assert isinstance(flat, Prepared) and flat.body == dcache_envelope(event())  # byte-exact dCache
+    outside = _policy().prepare(event(path="/elsewhere/a.png"))
+    assert isinstance(outside, DeadLetter) and outside.reason == "unstageable"
+    assert "/elsewhere/a.png is outside the service's input path /data/in" in outside.error
+    assert (
+        b'"path":"/elsewhere/a.png"' in _policy(payload="record").prepare(event(path="/elsewhere/a.png")).body
+    )  # type: ignore[union-attr]
+
+
+def test_decisions_after_a_call() -> None:
+    policy = _policy()
+    ok, exists = Attempt(True, 201, False, ""), Attempt(True, 500, False, "", exists=True)
+    assert policy.after_call(ok, 1, breaker_open=False, job="j") == Follow("j")
+    assert policy.after_call(exists, 1, breaker_open=False, job="j") == Follow("j")  # follow, not done
+    untracked = _policy(tracking=False)
+    assert untracked.after_call(exists, 1, breaker_open=False, job="j") == Done("exists")
+    down = Attempt(False, None, True, "connection refused", system=True)
+    assert isinstance(policy.after_call(down, 3, breaker_open=True, job="j"), Hold)  # not counted
+    assert isinstance(policy.after_call(down, 1, breaker_open=False, job="j"), Retry)
+    assert isinstance(policy.after_call(down, 3, breaker_open=False, job="j"), DeadLetter)
+    moved = Attempt(False, 301, False, "HTTP 301 redirect to https://x")
+    assert policy.after_call(moved, 1, breaker_open=False, job="j") == DeadLetter(
+        "config", "HTTP 301 redirect to https://x", 301
+    )
+
+
+def test_decisions_after_a_job() -> None:
+    policy = _policy(attempts=2)
+    assert policy.after_job(JobEnd("j", "Succeeded"), 1) == Done("succeeded")
+    retry = policy.after_job(JobEnd("j", "Failed", log_tail="boom"), 1)
+    assert isinstance(retry, Retry) and retry.attempt == 2 and "job j Failed" in retry.error
+    final = policy.after_job(JobEnd("j-a2", "Failed", log_tail="boom"), 2)
+    assert final == DeadLetter("job-failed", "job j-a2 Failed", None, "boom")
+    missing = policy.after_job(JobEnd("j", "Missing"), 2)
+    assert isinstance(missing, DeadLetter) and "not in OSCAR's job listing" in missing.error
+
+
+def test_circuit_breaker_opens_on_a_run_or_a_majority_of_system_failures() -> None:
+    breaker = CircuitBreaker()
+    assert not any(breaker.record(True) for _ in range(4))
+    assert breaker.record(False) is False  # a success resets the run
+    assert not any(breaker.record(True) for _ in range(4))
+    assert breaker.record(True, "refused") and breaker.is_open and breaker.reason == "refused"
+    breaker.close()
+    assert not breaker.is_open
+    mixed = CircuitBreaker()
+    outcomes = [i % 5 != 0 for i in range(20)]  # 16 of 20 fail, never 5 in a row
+    opened = [mixed.record(failed) for failed in outcomes]
+    assert opened[-1] and sum(opened) == 1
+    stop = threading.Event()
+    stop.set()
+    assert mixed.wait_closed(stop) is False
 
 
 def test_payloads_and_traceparent() -> None:
-    assert payload_for(event(), "dcache") == dcache_envelope(event())
-    assert b'"path":"/data/in/a.png"' in payload_for(event(), "record")
+    assert b'"path":"/data/in/a.png"' in _policy(payload="record").prepare(event()).body  # type: ignore[union-attr]
     one, two = traceparent_for(event()), traceparent_for(event())
     assert one.split("-")[1] == two.split("-")[1] and one != two  # same trace, new span

@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dcnios.codec import StorageEventCodec
-from dcnios.consumers.oscar import payload_for
+from dcnios.consumers.record import body_for
 from dcnios.deploy.recipe import Recipe, rate_parameters, render
 from dcnios.deploy.validate import unknown_keys, validate_flow
 from dcnios.errors import ConfigError
@@ -37,7 +37,7 @@ kafka: {bootstrap_servers: "k:9092"%(kafka)s}
 consumers:
   - name: grayify
     topic: dcache.events
-    oscar: {endpoint: "https://oscar.example.org", service: grayify, token: "%(token)s"}
+    oscar: {endpoint: "https://oscar.example.org", service: grayify, token: "%(token)s", input_path: /data}
     payload: %(payload)s
     rate: 20/s
 nifi:
@@ -319,7 +319,7 @@ events = st.builds(
 def test_nifi_sends_the_same_body_as_dcnios_consumer(version: int, payload: str, event: StorageEvent) -> None:
     recipe = recipe_for(version, payload)
     value, _ = StorageEventCodec().encode(event, "dcache.events")
-    assert _nifi_body(recipe, value) == payload_for(event, payload)
+    assert _nifi_body(recipe, value) == body_for(event, payload, "/data")
 
 
 def test_same_body_with_the_confluent_wire_format() -> None:
@@ -335,7 +335,7 @@ def test_same_body_with_the_confluent_wire_format() -> None:
         )
         value, _ = codec.encode(event, "dcache.events")
         assert value[0] == 0 and int.from_bytes(value[1:5], "big") > 0
-        assert _nifi_body(recipe, value, registered) == payload_for(event, "dcache")
+        assert _nifi_body(recipe, value, registered) == body_for(event, "dcache", "/d")
 
 
 def test_envelope_matches_a_recorded_dcache_frame() -> None:

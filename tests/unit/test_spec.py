@@ -24,7 +24,7 @@ sources:
 consumers:
   - name: grayify
     topic: dcache.events
-    oscar: {endpoint: "https://oscar.example.org", service: grayify, token: "t"}
+    oscar: {endpoint: "https://oscar.example.org", service: grayify, token: "t", input_path: /data/in}
 """
 
 
