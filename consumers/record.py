@@ -37,6 +37,7 @@ __all__ = [
     "run_record",
     "staged_name",
     "traceparent_for",
+    "unstageable_reason",
 ]
 
 logger = logging.getLogger(__name__)
@@ -95,21 +96,43 @@ def traceparent_for(event: StorageEvent) -> str:
     return f"00-{trace}-{secrets.token_hex(8)}-01"
 
 
-def staged_name(path: str, input_path: str) -> str | None:
-    """``event.name`` such that the supervisor's ``<input path>/<name>`` is ``path``; None if outside.
+def staged_name(path: str, input_path: str, *, nested: bool = False) -> str | None:
+    """``event.name`` such that the supervisor stages ``path``; None if it cannot.
 
-    faas-supervisor ignores ``subscription`` and joins the service's first ``webdav`` input path
-    with ``event.name`` (faassupervisor/events/dCache.py), so a file below that directory must
-    carry its path relative to it.
+    faas-supervisor (1.5.8, and 2.0.1 at 97b91f2) ignores ``subscription``: it fetches
+    ``os.path.join(<first webdav.dcache input path>, event.name)`` (events/dCache.py ``set_path``)
+    and writes it to ``$TMP_INPUT_DIR/<event.name>`` without creating directories
+    (storage/providers/webdav.py ``download_file``), so a name with a ``/`` fails before the
+    download. Only files directly in the input directory can be staged, unless the service's
+    supervisor is known to handle nested names (``nested``).
     """
     base = input_path.rstrip("/")
     if not path.startswith(base + "/"):
         return None
     relative = path[len(base) + 1 :]
-    return relative or None
+    if not relative or ("/" in relative and not nested):
+        return None
+    return relative
 
 
-def body_for(event: StorageEvent, payload: str, input_path: str | None) -> bytes | None:
+def unstageable_reason(path: str, input_path: str, *, nested: bool = False) -> str:
+    base = input_path.rstrip("/") or "/"
+    if not (path.startswith(input_path.rstrip("/") + "/")):
+        return (
+            f"{path} is outside the service's input path {base}: OSCAR's supervisor stages "
+            "<input path>/<event.name>, so it cannot fetch this file"
+        )
+    return (
+        f"{path} is below a sub-directory of the service's input path {base}: OSCAR's supervisor "
+        "writes $TMP_INPUT_DIR/<event.name> without creating directories and fails (faas-supervisor "
+        "<= 2.0.1); point a service's input at that directory, use payload: record, or set "
+        "oscar.nested_names if your supervisor stages nested names"
+    )
+
+
+def body_for(
+    event: StorageEvent, payload: str, input_path: str | None, *, nested: bool = False
+) -> bytes | None:
     """The OSCAR request body; None when a ``dcache`` body cannot name a stageable file.
 
     ``dcache``: the dCache envelope with ``event.name`` relative to ``input_path`` (byte-exact
@@ -118,7 +141,7 @@ def body_for(event: StorageEvent, payload: str, input_path: str | None) -> bytes
     if payload == "record":
         return record_json(event)
     assert input_path is not None, "payload: dcache needs the service's input path"
-    name = staged_name(event.path, input_path)
+    name = staged_name(event.path, input_path, nested=nested)
     return None if name is None else dcache_envelope(event, name=name)
 
 
@@ -134,13 +157,11 @@ class RecordPolicy:
         self.generation = generation
 
     def prepare(self, event: StorageEvent) -> Prepared | DeadLetter:
-        body = body_for(event, self.cs.payload, self.input_path)
+        nested = self.cs.oscar.nested_names
+        body = body_for(event, self.cs.payload, self.input_path, nested=nested)
         if body is None:
-            return DeadLetter(
-                "unstageable",
-                f"{event.path} is outside the service's input path {self.input_path}: OSCAR's "
-                "supervisor stages <input path>/<event.name>, so it cannot fetch this file",
-            )
+            assert self.input_path is not None
+            return DeadLetter("unstageable", unstageable_reason(event.path, self.input_path, nested=nested))
         return Prepared(event, body)
 
     def job(self, event: StorageEvent, attempt: int) -> str | None:

@@ -302,6 +302,11 @@ class OscarSpec:
         doc="the service's webdav input path (dCache directory); absent: read from the service definition",
         check=_abs_path,
     )
+    nested_names: bool = spec_field(
+        False,
+        doc="payload dcache: send files below sub-directories of the input path as relative names; "
+        "faas-supervisor <= 2.0.1 fails on them, so by default they go to the DLQ",
+    )
     track_jobs: bool | None = spec_field(
         None,
         doc="follow each job to Succeeded/Failed before committing (needs job_id: deterministic and "

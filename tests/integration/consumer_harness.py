@@ -31,10 +31,11 @@ def consumer_spec(
 ) -> PipelineSpec:
     """``extra`` lines (consumer keys) and ``oscar_extra`` (", key: value") override the defaults."""
     auth = f"token: '{token}'" if token else "username: oscar, password: oscar123"
-    oscar_fields = {"timeout": "2s", "connect_timeout": "2s"}
+    oscar_fields = {"timeout": "2s", "connect_timeout": "2s", "input_path": "/data/in"}
     for item in filter(None, (part.strip() for part in oscar_extra.split(","))):
         key, _, value = item.partition(":")
         oscar_fields[key.strip()] = value.strip()
+    oscar_fields = {k: v for k, v in oscar_fields.items() if v != "~"}  # "key: ~" drops a default
     fields = {
         "group": f"{prefix}-svc",
         "retry": "{max_attempts: 4, initial_backoff: 20ms, max_backoff: 100ms}",

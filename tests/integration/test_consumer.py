@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def oscar() -> Iterator[OscarEmulator]:
     with OscarEmulator() as emu:
-        emu.add_service("grayify")
+        emu.add_service("grayify", input_path="/data/in")
         yield emu
 
 
@@ -328,7 +328,8 @@ def test_filter_skips_and_commits(
         wait_for(lambda: sum(committed(bootstrap, f"{prefix}-svc", f"{prefix}.events", 6).values()) == 3, 60)
     finally:
         running.halt()
-    assert sorted(invoked_names(oscar.job_calls("grayify"))) == ["b.png", "f00001.png"]
+    # a/b.png passes the filter, but OSCAR's supervisor cannot stage a nested name: DLQ, not a job.
+    assert sorted(invoked_names(oscar.job_calls("grayify"))) == ["f00001.png"]
 
 
 def test_max_pending_jobs_holds_and_releases(

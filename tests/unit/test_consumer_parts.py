@@ -3,10 +3,11 @@ from __future__ import annotations
 import re
 import threading
 
-from dcnios.consumers.dedup import DedupWindow
 from dcnios.consumers.breaker import CircuitBreaker
+from dcnios.consumers.dedup import DedupWindow
 from dcnios.consumers.jobs import JobEnd, job_name
 from dcnios.consumers.oscar import Attempt, service_input
+from dcnios.consumers.ratelimit import RateLimiter, member_share
 from dcnios.consumers.record import (
     DeadLetter,
     Done,
@@ -18,7 +19,6 @@ from dcnios.consumers.record import (
     staged_name,
     traceparent_for,
 )
-from dcnios.consumers.ratelimit import RateLimiter, member_share
 from dcnios.consumers.tracking import OffsetTracker
 from dcnios.spec import parse_spec
 from dcnios.storage_event import StorageEvent, dcache_envelope
@@ -111,8 +111,11 @@ def test_job_names_are_stable_dns_labels_per_generation_and_attempt() -> None:
 
 def test_staged_name_is_relative_to_the_input_path() -> None:
     assert staged_name("/data/in/a.png", "/data/in") == "a.png"
-    assert staged_name("/data/in/x/y z/ü#%?.png", "/data/in") == "x/y z/ü#%?.png"
-    assert staged_name("/data/in/a.png", "/") == "data/in/a.png"
+    assert staged_name("/data/in/y z ü#%?.png", "/data/in") == "y z ü#%?.png"
+    assert staged_name("/data/in/x/y z/ü#%?.png", "/data/in") is None  # the supervisor fails on '/'
+    assert staged_name("/data/in/x/y z/ü#%?.png", "/data/in", nested=True) == "x/y z/ü#%?.png"
+    assert staged_name("/a.png", "/") == "a.png"
+    assert staged_name("/data/in/a.png", "/", nested=True) == "data/in/a.png"
     assert staged_name("/data/inbox/a.png", "/data/in") is None  # a sibling, not below it
     assert staged_name("/other/a.png", "/data/in") is None
     assert staged_name("/data/in", "/data/in") is None
@@ -145,9 +148,9 @@ def test_the_body_names_the_file_relative_to_the_input_path() -> None:
     nested = StorageEvent(
         "src", "/data/in/run1/a.png", "a.png", ("IN_CLOSE_WRITE",), None, False, "ch", 1, "http://s", 5
     )
-    prepared = _policy().prepare(nested)
-    assert isinstance(prepared, Prepared)
-    assert prepared.body == dcache_envelope(nested, name="run1/a.png")
+    refused = _policy().prepare(nested)
+    assert isinstance(refused, DeadLetter) and refused.reason == "unstageable"
+    assert "below a sub-directory of the service's input path /data/in" in refused.error
     flat = _policy().prepare(event())
     assert isinstance(flat, Prepared) and flat.body == dcache_envelope(event())  # byte-exact dCache
     outside = _policy().prepare(event(path="/elsewhere/a.png"))
