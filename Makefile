@@ -20,6 +20,11 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install --quiet -e '.[dev,local,nifi]' --config-settings editable_mode=strict
+	# OSCAR's FaaS supervisor for the sandbox and the contract tests. Its wheel's metadata is
+	# malformed (webdavclient3==3.14.6requests): pip >= 24.1 refuses it, so a pip 24.0 kept beside
+	# the venv installs it, without dependencies (pyproject's `local` extra carries those).
+	$(BIN)/python -m pip install --quiet --target $(VENV)/pip-legacy 'pip==24.0'
+	PYTHONPATH=$(VENV)/pip-legacy $(BIN)/python -m pip install --quiet --no-deps faas-supervisor==1.5.8
 	touch $(STAMP)
 
 # The strict editable install is a link tree (package-dir maps producers/ onto dcnios.producers);

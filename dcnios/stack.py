@@ -13,10 +13,13 @@ import functools
 import gc
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 from prometheus_client import CollectorRegistry
@@ -109,6 +112,7 @@ class Stack:
         self.dcache: Any = None
         self.oscar: Any = None
         self.jobs: Any = None  # the sandbox JobRunner, when sandbox.oscar is set
+        self._door_pki: Any = None  # the sandbox WebDAV door's throwaway CA
         self._watcher: Any = None
         self._started: list[Callable[[], None]] = []
 
@@ -122,8 +126,8 @@ class Stack:
             created = [t for t, r in result.items() if r == "created"]
             if created:
                 logger.info("created topics: %s", ", ".join(created))
+            self._start_dcache()  # first: the sandbox OSCAR's jobs stage from its WebDAV door
             self._start_oscar()
-            self._start_dcache()
             self._start_runners()
         except BaseException:
             self.stop()
@@ -224,10 +228,16 @@ class Stack:
         if sandbox is None or sandbox.oscar is None:
             return
         from dcnios.sandbox.oscar import OscarEmulator
-        from dcnios.sandbox.supervisor import JobRunner, ScriptService
+        from dcnios.sandbox.supervisor import JobRunner, ScriptService, WebdavDoor
 
         spec = sandbox.oscar
-        webdav = f"http://127.0.0.1:{sandbox.dcache.port}" if sandbox.dcache is not None else None
+        webdav = None
+        if self.dcache is not None and sandbox.dcache is not None:
+            door = self.dcache.webdav_door
+            assert door is not None and self._door_pki is not None
+            webdav = WebdavDoor(
+                door, sandbox.dcache.username, sandbox.dcache.password.reveal(), str(self._door_pki.ca)
+            )
         self.jobs = JobRunner(
             {
                 s.name: ScriptService(s.name, _sandbox_path(self.base_dir, s.script), s.input)
@@ -246,7 +256,7 @@ class Stack:
         except OSError as exc:
             raise _bind_error("sandbox.oscar.port", spec.port, exc) from exc
         for service in spec.services:
-            self.oscar.add_service(service.name)
+            self.oscar.add_service(service.name, input_path=service.input)
         self.oscar.start()
         self._started.append(self.oscar.stop)
         logger.info("sandbox OSCAR on %s (services: %s)", self.oscar.endpoint, ", ".join(self.jobs.services))
@@ -257,12 +267,21 @@ class Stack:
             return
         from dcnios.sandbox.dcache import DCacheEmulator
         from dcnios.sandbox.localfs import DirectoryEvents
+        from dcnios.sandbox.tls import make_pki
 
         spec = sandbox.dcache
         root = _sandbox_path(self.base_dir, spec.root)
+        # The WebDAV door speaks HTTPS (OSCAR's supervisor only does https://), with a CA made
+        # for this run and trusted by the sandbox's jobs only.
+        pki_dir = tempfile.mkdtemp(prefix="dcnios-door-")
+        self._started.append(functools.partial(shutil.rmtree, pki_dir, ignore_errors=True))
+        self._door_pki = make_pki(Path(pki_dir), "127.0.0.1")
         try:
             self.dcache = DCacheEmulator(
-                {spec.username: spec.password.reveal()}, port=spec.port, files_root=root
+                {spec.username: spec.password.reveal()},
+                port=spec.port,
+                files_root=root,
+                webdav_tls=(str(self._door_pki.cert), str(self._door_pki.key)),
             )
         except OSError as exc:
             raise _bind_error("sandbox.dcache.port", spec.port, exc) from exc

@@ -6,6 +6,8 @@ import argparse
 import errno
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 from dcnios.cli._common import EXIT_OK, StopFlag, add_common
 from dcnios.errors import ConfigError
@@ -27,9 +29,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     d = kinds.add_parser(
         "dcache",
-        help="the dCache events API, namespace listing and WebDAV GET over a local directory",
+        help="the dCache events API, namespace listing and an HTTPS WebDAV door over a local directory",
         description="Serve /api/v1/events (SSE channels, inotify subscriptions), /api/v1/namespace "
-        "and a read-only WebDAV door over DIR, which is the namespace root '/'. Files copied, moved "
+        "and a read-only WebDAV door over DIR, which is the namespace root '/'. The door also "
+        "listens on an HTTPS port of its own with a throwaway CA (printed at start), since OSCAR's "
+        "supervisor only speaks https:// to WebDAV. Files copied, moved "
         "or deleted under DIR produce the dCache event sequence (IN_CREATE, IN_OPEN, IN_MODIFY, "
         "IN_ATTRIB, IN_CLOSE_WRITE; IN_MOVED_FROM/TO; IN_DELETE).",
         epilog=f"The user is --user with the password in ${_PASSWORD_ENV} (default 'sandbox').",
@@ -42,11 +46,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     o = kinds.add_parser(
         "oscar",
-        help="the OSCAR API; each job runs a local script as OSCAR's supervisor would",
+        help="the OSCAR API; each job runs OSCAR's real FaaS supervisor with a local script",
         description="Serve the OSCAR manager API (/job, /run, /system/services, /system/logs). Each "
-        "accepted job runs SCRIPT in a bounded pool with $EVENT set to the body; for a dCache "
-        "event the file is first fetched from --webdav into $INPUT_FILE_PATH; files written to "
-        "$TMP_OUTPUT_DIR are collected into OUTPUT/<service>/. ",
+        "accepted job runs `echo $EVENT | supervisor` with the faas-supervisor package, as an "
+        "OSCAR job's pod does: for a dCache event it stages the file from the --webdav door into "
+        "$INPUT_FILE_PATH, then runs SCRIPT; files written to $TMP_OUTPUT_DIR are collected into "
+        "OUTPUT/<service>/. A job fails when staging fails, never because of the script's exit "
+        "status (as in OSCAR).",
         epilog=f"The admin user is --user with the password in ${_PASSWORD_ENV} (default 'sandbox').",
     )
     o.add_argument("--port", type=int, default=8080, help="port (default 8080)")
@@ -59,8 +65,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     o.add_argument("--output", metavar="DIR", default="oscar-output", help="where outputs are collected")
     o.add_argument(
-        "--webdav", metavar="URL", help="dCache WebDAV door for input files, e.g. http://127.0.0.1:3880"
+        "--webdav",
+        metavar="HOST:PORT",
+        help="dCache's HTTPS WebDAV door for input files (what `dcnios sandbox dcache` prints)",
     )
+    o.add_argument("--webdav-ca", metavar="PEM", help="CA bundle the door's certificate is checked with")
+    o.add_argument("--webdav-user", default="sandbox", help="WebDAV login (password: $" + _PASSWORD_ENV + ")")
     o.add_argument("--input-path", default="/", help="dCache directory input files are read from (default /)")
     o.add_argument("--workers", type=int, default=4, help="jobs run at once (default 4)")
     o.add_argument("--user", default="oscar", help="cluster admin user")
@@ -81,19 +91,27 @@ def _listen_error(port: int, exc: OSError) -> ConfigError:
 def _run_dcache(args: argparse.Namespace) -> int:
     from dcnios.sandbox.dcache import DCacheEmulator
     from dcnios.sandbox.localfs import DirectoryEvents
+    from dcnios.sandbox.tls import make_pki
 
     root = os.path.abspath(args.root)
     if not os.path.isdir(root):
         raise ConfigError(f"--root: directory not found: {root}")
+    pki = make_pki(Path(tempfile.mkdtemp(prefix="dcnios-door-")), "127.0.0.1")
     try:
-        emulator = DCacheEmulator({args.user: _password()}, port=args.port, files_root=root)
+        emulator = DCacheEmulator(
+            {args.user: _password()},
+            port=args.port,
+            files_root=root,
+            webdav_tls=(str(pki.cert), str(pki.key)),
+        )
     except OSError as exc:
         raise _listen_error(args.port, exc) from exc
     stop = StopFlag().install()
     with emulator, DirectoryEvents(emulator, root):
         sys.stdout.write(
             f"sandbox dCache: events API {emulator.endpoint}, "
-            f"WebDAV {emulator.endpoint.removesuffix('/api/v1')}/\n"
+            f"WebDAV {emulator.endpoint.removesuffix('/api/v1')}/ and https://{emulator.webdav_door}/ "
+            f"(CA {pki.ca})\n"
             f"  root {root} is '/'; user {args.user}; Ctrl-C stops\n"
         )
         sys.stdout.flush()
@@ -103,7 +121,7 @@ def _run_dcache(args: argparse.Namespace) -> int:
 
 def _run_oscar(args: argparse.Namespace) -> int:
     from dcnios.sandbox.oscar import OscarEmulator
-    from dcnios.sandbox.supervisor import JobRunner, ScriptService
+    from dcnios.sandbox.supervisor import JobRunner, ScriptService, WebdavDoor
 
     services: dict[str, ScriptService] = {}
     for item in args.service:
@@ -113,7 +131,12 @@ def _run_oscar(args: argparse.Namespace) -> int:
         if not os.path.isfile(script):
             raise ConfigError(f"--service {name}: script not found: {script}")
         services[name] = ScriptService(name, os.path.abspath(script), args.input_path)
-    runner = JobRunner(services, os.path.abspath(args.output), webdav=args.webdav, workers=args.workers)
+    webdav = None
+    if args.webdav:
+        if not args.webdav_ca:
+            raise ConfigError("--webdav-ca: needed with --webdav (the door's CA bundle)")
+        webdav = WebdavDoor(args.webdav, args.webdav_user, _password(), os.path.abspath(args.webdav_ca))
+    runner = JobRunner(services, os.path.abspath(args.output), webdav=webdav, workers=args.workers)
     try:
         emulator = OscarEmulator(admin=(args.user, _password()), port=args.port, executor=runner)
     except OSError as exc:
@@ -122,7 +145,7 @@ def _run_oscar(args: argparse.Namespace) -> int:
     with emulator:
         sys.stdout.write(f"sandbox OSCAR on {emulator.endpoint}; outputs in {os.path.abspath(args.output)}\n")
         for name in services:
-            emulator.add_service(name)
+            emulator.add_service(name, input_path=args.input_path)
             sys.stdout.write(f"  service {name}: POST {emulator.endpoint}/job/{name}\n")
         sys.stdout.write(
             "  service tokens: GET /system/services/NAME as the admin user (a consumer with "

@@ -18,6 +18,7 @@ import logging
 import os
 import queue
 import secrets
+import ssl
 import threading
 import time
 from collections import deque
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 __all__ = ["DCacheEmulator"]
 
@@ -135,6 +136,7 @@ class DCacheEmulator:
         backlog: int = BACKLOG,
         files_root: str | None = None,
         clock_offset_ms: int = 0,
+        webdav_tls: tuple[str, str] | None = None,
     ) -> None:
         self.backlog = backlog
         #: How far dCache's clock is ahead of ours (negative: behind), as NTP drift makes it.
@@ -158,6 +160,16 @@ class DCacheEmulator:
         self.before_request: Callable[[str, str], None] | None = None
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _make_handler(self))
         self._server.daemon_threads = True
+        #: dCache's WebDAV door is a door of its own (HTTPS, port 2880 by default); OSCAR's
+        #: supervisor always speaks https:// to it (faassupervisor/storage/providers/webdav.py).
+        self._door: ThreadingHTTPServer | None = None
+        if webdav_tls is not None:
+            if files_root is None:
+                raise ValueError("a WebDAV door needs files_root")
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*webdav_tls)
+            self._door = _TlsServer(("127.0.0.1", 0), _make_handler(self, door=True), context)
+            self._door.daemon_threads = True
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
 
@@ -167,8 +179,19 @@ class DCacheEmulator:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}{_API}"
 
+    @property
+    def webdav_door(self) -> str | None:
+        """``host:port`` of the HTTPS WebDAV door: the FDL's ``webdav.dcache.hostname`` form."""
+        if self._door is None:
+            return None
+        host, port = self._door.server_address[:2]
+        return f"{host!s}:{port}"
+
     def start(self) -> DCacheEmulator:
-        for target in (self._server.serve_forever, self._reaper):
+        targets = [self._server.serve_forever, self._reaper]
+        if self._door is not None:
+            targets.append(self._door.serve_forever)
+        for target in targets:
             thread = threading.Thread(target=target, daemon=True, name=f"dcache-emu-{target.__name__}")
             thread.start()
             self._threads.append(thread)
@@ -182,6 +205,9 @@ class DCacheEmulator:
                     channel.conn.close()
         self._server.shutdown()
         self._server.server_close()
+        if self._door is not None:
+            self._door.shutdown()
+            self._door.server_close()
 
     def __enter__(self) -> DCacheEmulator:
         return self.start()
@@ -435,12 +461,41 @@ class DCacheEmulator:
                     channel.expires_at = time.monotonic() + channel.timeout
 
 
+class _TlsServer(ThreadingHTTPServer):
+    def __init__(self, address: tuple[str, int], handler: Any, context: ssl.SSLContext) -> None:
+        super().__init__(address, handler)
+        self._context = context
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, addr = super().get_request()
+        # The handshake happens in the handler thread (on first read), not in the accept loop.
+        return self._context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        logger.debug("WebDAV door: connection from %s ended abruptly", client_address)
+
+
+def _multistatus(href: str, is_dir: bool, size: int, mtime_ms: int) -> bytes:
+    """A PROPFIND Depth 0 answer (RFC 4918 §9.1, §14.16): one response with the live properties
+    a WebDAV door reports for a file or a collection."""
+    rtype = "<d:resourcetype><d:collection/></d:resourcetype>" if is_dir else "<d:resourcetype/>"
+    modified = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(mtime_ms / 1000))
+    length = "" if is_dir else f"<d:getcontentlength>{size}</d:getcontentlength>"
+    xml = (
+        '<?xml version="1.0" encoding="utf-8" ?><d:multistatus xmlns:d="DAV:"><d:response>'
+        f"<d:href>{quote(href)}</d:href><d:propstat><d:prop>{rtype}{length}"
+        f"<d:getlastmodified>{modified}</d:getlastmodified></d:prop>"
+        "<d:status>HTTP/1.1 200 OK</d:status></d:propstat></d:response></d:multistatus>"
+    )
+    return xml.encode()
+
+
 def _error(status: int, detail: str | None = None) -> tuple[int, bytes]:
     phrase = HTTPStatus(status).phrase
     return status, _json({"status": str(status), "title": phrase, "detail": detail or phrase})
 
 
-def _make_handler(emu: DCacheEmulator) -> type[BaseHTTPRequestHandler]:
+def _make_handler(emu: DCacheEmulator, *, door: bool = False) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "dCache-emulator"
@@ -514,9 +569,11 @@ def _make_handler(emu: DCacheEmulator) -> type[BaseHTTPRequestHandler]:
                     emu.requests.append((self.command, path, status))
                     self._fail(status)
                     return
-            if not path.startswith(_API):
+            if door or not path.startswith(_API):
                 if emu.files_root is not None and self.command in ("GET", "HEAD"):
                     self._webdav_get(path)
+                elif emu.files_root is not None and self.command == "PROPFIND":
+                    self._webdav_propfind(path)
                 else:
                     self._fail(404, "Not Found")
                 return
@@ -550,10 +607,11 @@ def _make_handler(emu: DCacheEmulator) -> type[BaseHTTPRequestHandler]:
             else:
                 self._fail(404, "Not Found")
 
-        do_GET = do_HEAD = do_POST = do_PATCH = do_DELETE = _dispatch
+        do_GET = do_HEAD = do_POST = do_PATCH = do_DELETE = do_PROPFIND = _dispatch
 
         # -- WebDAV door (file contents) -----------------------------------------------------
-        def _webdav_get(self, path: str) -> None:
+        def _door_local(self, path: str) -> str | None:
+            """The local file behind a door path, after the door's auth rule; None if answered."""
             # Anonymous reads are allowed (webdav.authz.anonymous-operations=READONLY); wrong
             # credentials are still refused, as the door does.
             if "Authorization" in self.headers and self._user() is None:
@@ -561,16 +619,33 @@ def _make_handler(emu: DCacheEmulator) -> type[BaseHTTPRequestHandler]:
                 self.send_header("WWW-Authenticate", 'Basic realm="dCache"')
                 self.send_header("Content-Length", "0")
                 self.end_headers()
-                return
+                return None
             assert emu.files_root is not None
             root = os.path.realpath(emu.files_root)
             local = os.path.realpath(os.path.join(root, path.lstrip("/")))
-            if os.path.commonpath([root, local]) != root or not os.path.isfile(local):
+            if os.path.commonpath([root, local]) != root or not os.path.exists(local):
+                self._reply(404, b"Not Found", ctype="text/plain")
+                return None
+            return local
+
+        def _webdav_get(self, path: str) -> None:
+            local = self._door_local(path)
+            if local is None:
+                return
+            if not os.path.isfile(local):
                 self._reply(404, b"Not Found", ctype="text/plain")
                 return
             with open(local, "rb") as handle:
                 body = handle.read()
             self._reply(200, body, ctype="application/octet-stream")
+
+        def _webdav_propfind(self, path: str) -> None:
+            local = self._door_local(path)
+            if local is None:
+                return
+            stat = os.stat(local)
+            body = _multistatus(path, os.path.isdir(local), stat.st_size, int(stat.st_mtime * 1000))
+            self._reply(207, body, ctype='application/xml; charset="utf-8"')
 
         # -- namespace ---------------------------------------------------------------------
         def _namespace(self, path: str, query: dict[str, list[str]]) -> None:

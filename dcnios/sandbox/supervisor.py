@@ -1,38 +1,67 @@
-"""Runs sandbox OSCAR jobs for real, the way OSCAR's FaaS supervisor does inside a job's pod.
+"""Runs sandbox OSCAR jobs for real, with OSCAR's own FaaS supervisor (the faas-supervisor package).
 
-Reference: shared/reference/oscar-api.md §5.2 and §5.3. The body is ``$EVENT``; a dCache event
-(``event`` + ``subscription`` keys) makes the supervisor fetch ``<webdav><input>/<event.name>``
-into ``$TMP_INPUT_DIR`` and set ``$INPUT_FILE_PATH``; other JSON is written to an input file; a
-non-JSON body is base64-decoded into one. Files the script leaves in ``$TMP_OUTPUT_DIR`` are
-collected into ``<output>/<service>/``. As in OSCAR, the script's exit status does not change the
-job's state (the supervisor never checks it), but it is logged and counted.
+What a job's pod does (shared/reference/oscar-api.md §4.1 step 10): ``/bin/sh -c "echo $EVENT |
+supervisor"`` with ``EVENT`` set to the request body. The supervisor (faas-supervisor 1.5.8, whose
+event, WebDAV and binary-supervisor code is the same as 2.0.1 at grycap/faas-supervisor 97b91f2):
+
+* reads the event on stdin only, and the service definition from ``FUNCTION_CONFIG`` (base64 YAML,
+  ``faassupervisor/utils.py`` ``ConfigUtils.read_cfg_var``), the script from ``SCRIPT`` (base64,
+  ``faas/binary/supervisor.py``);
+* stages a dCache event's file from ``https://<webdav.dcache.hostname>/<input path>/<event.name>``
+  (``events/dCache.py``, ``storage/providers/webdav.py``: HEAD, PROPFIND Depth 0, GET);
+* makes ``$TMP_INPUT_DIR``/``$TMP_OUTPUT_DIR`` itself and removes them at exit;
+* runs the script with ``/bin/sh`` and never checks its exit status: the job fails (supervisor exit
+  status != 0) only when staging or an upload fails.
+
+So this runner builds that environment, runs the real supervisor through the same shell line, and
+takes the supervisor's exit status as the job's state. The script is wrapped so that its outputs
+are copied to ``<output>/<service>/`` before the supervisor deletes them, and its own exit status
+is recorded for the sandbox's counters (OSCAR records it nowhere).
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
-import json
+import importlib.util
 import logging
 import os
+import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
-import requests
+import yaml
 
+from dcnios.errors import ConfigError
 from dcnios.sandbox.oscar import Job
 
-__all__ = ["JobRunner", "ScriptService"]
+__all__ = ["JobRunner", "ScriptService", "WebdavDoor", "supervisor_available"]
 
 logger = logging.getLogger(__name__)
+
+#: faas-supervisor's wheel names `webdavclient3==3.14.6requests`, which pip refuses: the Makefile
+#: installs it with --no-deps, and the `local` extra carries what it imports.
+INSTALL_HINT = (
+    "OSCAR's FaaS supervisor is not installed: pip install 'dcnios[local]', then, with pip < 24.1 "
+    "(its metadata is malformed), pip install --no-deps faas-supervisor==1.5.8; make install does both"
+)
+
+_WRAPPER = """\
+/bin/sh "$DCNIOS_USER_SCRIPT"
+echo $? > "$DCNIOS_JOB_DIR/script-status"
+cp -R "$TMP_OUTPUT_DIR/." "$DCNIOS_JOB_DIR/output/" 2>/dev/null
+exit 0
+"""
+
+
+def supervisor_available() -> bool:
+    return importlib.util.find_spec("faassupervisor") is not None
 
 
 @dataclass(frozen=True)
@@ -41,6 +70,16 @@ class ScriptService:
     script: str
     #: The dCache directory the service's input is read from (the FDL's webdav.dcache input path).
     input: str = "/"
+
+
+@dataclass(frozen=True)
+class WebdavDoor:
+    """The FDL's ``storage_providers.webdav.dcache``: ``hostname`` is ``host:port`` (no scheme)."""
+
+    hostname: str
+    login: str
+    password: str
+    ca_bundle: str
 
 
 @dataclass
@@ -53,30 +92,29 @@ class JobTotals:
 
 
 class JobRunner:
-    """A bounded worker pool that runs each job's script; pass it as OscarEmulator's executor."""
+    """A bounded worker pool that runs each job through the real supervisor; OscarEmulator's executor."""
 
     def __init__(
         self,
         services: Mapping[str, ScriptService],
         output_dir: str,
         *,
-        webdav: str | None = None,
+        webdav: WebdavDoor | None = None,
         workers: int = 4,
         timeout: float = 300.0,
-        session: requests.Session | None = None,
     ) -> None:
+        if not supervisor_available():
+            raise ConfigError(INSTALL_HINT)
         for service in services.values():
             if not os.path.isfile(service.script):
                 raise FileNotFoundError(f"service {service.name}: script {service.script!r} not found")
         self.services = dict(services)
         self.output_dir = output_dir
-        self.webdav = webdav.rstrip("/") if webdav else None
+        self.webdav = webdav
         self.timeout = timeout
-        self.session = session or requests.Session()
         self.totals = JobTotals()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox-job")
-        self._running = 0
 
     def __call__(self, job: Job) -> None:
         self._pool.submit(self._run, job)
@@ -84,17 +122,31 @@ class JobRunner:
     def shutdown(self, wait: bool = True) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=not wait)
 
+    def function_config(self, service: ScriptService) -> dict[str, object]:
+        """The service definition the supervisor reads (the part of the FDL it uses)."""
+        config: dict[str, object] = {"name": service.name, "log_level": "INFO"}
+        if self.webdav is not None:
+            config["input"] = [{"storage_provider": "webdav.dcache", "path": service.input}]
+            config["storage_providers"] = {
+                "webdav": {
+                    "dcache": {
+                        "hostname": self.webdav.hostname,
+                        "login": self.webdav.login,
+                        "password": self.webdav.password,
+                    }
+                }
+            }
+        return config
+
     def _run(self, job: Job) -> None:
         job.start = time.time()
         job.status = "Running"
-        lines: list[str] = []
-        ok = False
         try:
-            ok = self._execute(job, lines)
-        except Exception as exc:  # a supervisor error fails the job, as in OSCAR
-            lines.append(f"supervisor error: {type(exc).__name__}: {exc}")
+            ok, log = self._execute(job)
+        except Exception as exc:  # the runner's own failure fails the job, never the emulator
+            ok, log = False, f"sandbox runner error: {type(exc).__name__}: {exc}\n"
             logger.warning("job %s failed: %s", job.name, exc)
-        job.log = "\n".join(lines) + "\n"
+        job.log = log
         job.finish = time.time()
         job.status = "Succeeded" if ok else "Failed"
         with self._lock:
@@ -104,86 +156,57 @@ class JobRunner:
                 self.totals.failed += 1
             self.totals.by_service[job.service] = self.totals.by_service.get(job.service, 0) + 1
 
-    def _execute(self, job: Job, lines: list[str]) -> bool:
+    def _execute(self, job: Job) -> tuple[bool, str]:
         service = self.services.get(job.service)
         if service is None:
-            lines.append(f"no script for service {job.service!r}")
-            return False
-        with tempfile.TemporaryDirectory(prefix=f"oscar-{job.service}-") as tmp:
-            input_dir, output_dir = os.path.join(tmp, "input"), os.path.join(tmp, "output")
-            os.makedirs(input_dir)
-            os.makedirs(output_dir)
+            return False, f"no script for service {job.service!r}\n"
+        with tempfile.TemporaryDirectory(prefix=f"oscar-{job.service}-") as job_dir:
+            os.makedirs(os.path.join(job_dir, "output"))
+            config = yaml.safe_dump(self.function_config(service)).encode()
             env = {
-                **os.environ,
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "HOME": job_dir,
+                "LANG": "C.UTF-8",
                 "EVENT": job.event.decode("utf-8", errors="replace"),
-                "TMP_INPUT_DIR": input_dir,
-                "TMP_OUTPUT_DIR": output_dir,
+                "FUNCTION_CONFIG": base64.b64encode(config).decode(),
+                "SCRIPT": base64.b64encode(_WRAPPER.encode()).decode(),
                 "JOB_UUID": job.name,
                 "OSCAR_SERVICE_NAME": job.service,
+                "DCNIOS_USER_SCRIPT": service.script,
+                "DCNIOS_JOB_DIR": job_dir,
             }
-            env["INPUT_FILE_PATH"] = self._stage_in(service, job, input_dir, lines)
-            command = [service.script] if os.access(service.script, os.X_OK) else ["/bin/sh", service.script]
-            lines.append(f"running {' '.join(command)}")
+            if self.webdav is not None:
+                env["REQUESTS_CA_BUNDLE"] = self.webdav.ca_bundle
+            supervisor = shlex.join([sys.executable, "-m", "faassupervisor.supervisor"])
             try:
-                done = subprocess.run(  # noqa: S603 - the operator's own script
-                    command,
+                done = subprocess.run(  # noqa: S603 - OSCAR's own command line, our interpreter
+                    ["/bin/sh", "-c", f"echo $EVENT | {supervisor}"],
                     env=env,
-                    cwd=tmp,
+                    cwd=job_dir,
                     capture_output=True,
                     timeout=self.timeout,
                     check=False,
                 )
             except subprocess.TimeoutExpired:
-                lines.append(f"script timed out after {self.timeout:g} s")
-                return False
-            lines.extend(done.stdout.decode(errors="replace").splitlines())
-            lines.extend(done.stderr.decode(errors="replace").splitlines())
+                return False, f"job timed out after {self.timeout:g} s\n"
+            log = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
             if done.returncode != 0:
-                # OSCAR's supervisor does not check this; the job still ends Succeeded there.
-                lines.append(f"script exited with status {done.returncode}")
-                tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["(no stderr)"]
-                logger.warning(
-                    "%s: script %s exited %d: %s", job.name, service.script, done.returncode, tail[0]
-                )
-                with self._lock:
-                    self.totals.script_errors += 1
-            collected = self._collect(job.service, output_dir)
-            lines.append(f"collected {collected} output file(s)")
-            return True
+                return False, log + f"supervisor exited with status {done.returncode}\n"
+            self._script_status(job, service, job_dir)
+            self._collect(job.service, os.path.join(job_dir, "output"))
+            return True, log
 
-    def _stage_in(self, service: ScriptService, job: Job, input_dir: str, lines: list[str]) -> str:
+    def _script_status(self, job: Job, service: ScriptService, job_dir: str) -> None:
         try:
-            body: Any = json.loads(job.event)
-        except ValueError:
-            body = None
-        if body is None:
-            try:
-                data = base64.b64decode(job.event, validate=True)
-            except (binascii.Error, ValueError) as exc:
-                raise ValueError("the body is neither JSON nor base64") from exc
-            path = os.path.join(input_dir, f"event-file-{uuid.uuid4()}")
-            with open(path, "wb") as handle:
-                handle.write(data)
-            return path
-        if isinstance(body, dict) and "event" in body and "subscription" in body:
-            name = body["event"].get("name") if isinstance(body["event"], dict) else None
-            if not isinstance(name, str) or not name:
-                raise ValueError("dCache event without event.name")
-            if self.webdav is None:
-                raise ValueError("a dCache event, but no WebDAV door is configured (--webdav)")
-            remote = f"{self.webdav}{service.input.rstrip('/')}/{name}"
-            lines.append(f"downloading {remote}")
-            response = self.session.get(remote, timeout=30)
-            if response.status_code != 200:
-                raise OSError(f"GET {remote}: HTTP {response.status_code}")
-            path = os.path.join(input_dir, os.path.basename(name))
-            with open(path, "wb") as handle:
-                handle.write(response.content)
-            return path
-        path = os.path.join(input_dir, f"event-file-{uuid.uuid4()}")
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(body, handle)
-        return path
+            with open(os.path.join(job_dir, "script-status"), encoding="ascii") as handle:
+                status = int(handle.read().strip() or 0)
+        except (OSError, ValueError):
+            return
+        if status != 0:
+            # OSCAR's supervisor does not check this; the job still ends Succeeded there.
+            logger.warning("%s: script %s exited %d", job.name, service.script, status)
+            with self._lock:
+                self.totals.script_errors += 1
 
     def _collect(self, service: str, produced: str) -> int:
         target = os.path.join(self.output_dir, service)

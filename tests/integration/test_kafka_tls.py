@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
-from tls_certs import Pki, make_pki
+from dcnios.sandbox.tls import Pki, make_pki
 
 from dcnios.broker import EmbeddedBroker, free_port
 from dcnios.consumers.run import ConsumerRunner

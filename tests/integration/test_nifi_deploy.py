@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from tls_certs import Pki, make_pki
+from dcnios.sandbox.tls import Pki, make_pki
 
 from dcnios.cli import main
 from dcnios.deploy.deployer import NifiDeployer

@@ -1,4 +1,4 @@
-"""A throwaway CA and certificates for TLS tests (never for anything else)."""
+"""A throwaway CA and certificates: the sandbox WebDAV door and the TLS tests (never anything else)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def make_pki(directory: Path, cn: str = "localhost", *, ca_name: str = "dcnios test CA") -> Pki:
+def make_pki(directory: Path, cn: str = "localhost", *, ca_name: str = "dcnios sandbox CA") -> Pki:
     """A CA, and a certificate for ``cn`` (also valid for 127.0.0.1) signed by it."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
