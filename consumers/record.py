@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import re
 import secrets
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from dcnios.consumers.breaker import CircuitBreaker
 from dcnios.consumers.jobs import JobEnd, JobWatch, job_name
@@ -41,6 +43,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+#: What `echo $EVENT` (unquoted, OSCAR's job command) changes in any POSIX shell: word splitting
+#: joins words with one space, so runs of whitespace and tabs/newlines do not survive.
+_SHELL_MANGLED: Final = re.compile(r"\s\s|[\t\n\r\f\v]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +115,7 @@ def staged_name(path: str, input_path: str, *, nested: bool = False) -> str | No
     if not path.startswith(base + "/"):
         return None
     relative = path[len(base) + 1 :]
-    if not relative or ("/" in relative and not nested):
+    if not relative or ("/" in relative and not nested) or _SHELL_MANGLED.search(relative):
         return None
     return relative
 
@@ -121,6 +126,12 @@ def unstageable_reason(path: str, input_path: str, *, nested: bool = False) -> s
         return (
             f"{path} is outside the service's input path {base}: OSCAR's supervisor stages "
             "<input path>/<event.name>, so it cannot fetch this file"
+        )
+    if _SHELL_MANGLED.search(path[len(input_path.rstrip("/")) + 1 :]):
+        return (
+            f"{path!r} has a run of whitespace or a tab/newline in its name: OSCAR starts a job as "
+            "`echo $EVENT | supervisor` with $EVENT unquoted, so the shell rewrites the name and the "
+            "supervisor fetches another file"
         )
     return (
         f"{path} is below a sub-directory of the service's input path {base}: OSCAR's supervisor "

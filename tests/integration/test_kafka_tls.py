@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
-from dcnios.sandbox.tls import Pki, make_pki
 
 from dcnios.broker import EmbeddedBroker, free_port
 from dcnios.consumers.run import ConsumerRunner
@@ -28,6 +27,7 @@ from dcnios.kafka import client_config, ensure_topics
 from dcnios.producers.run import SourceRunner
 from dcnios.sandbox.dcache import DCacheEmulator
 from dcnios.sandbox.oscar import OscarEmulator
+from dcnios.sandbox.tls import Pki, make_pki
 from dcnios.spec import PipelineSpec, load_spec
 from dcnios.topics import topic_plan
 

@@ -9,7 +9,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from dcnios.sandbox.tls import Pki, make_pki
 
 from dcnios.cli import main
 from dcnios.deploy.deployer import NifiDeployer
@@ -17,6 +16,7 @@ from dcnios.deploy.nifi_api import NifiClient
 from dcnios.errors import ConfigError, NiFiError
 from dcnios.kafka import ensure_topics
 from dcnios.sandbox.nifi import NifiEmulator
+from dcnios.sandbox.tls import Pki, make_pki
 from dcnios.spec import PipelineSpec, load_spec
 from dcnios.topics import topic_plan
 
