@@ -128,6 +128,8 @@ class OscarEmulator:
         self.services: dict[str, _Service] = {}
         self.calls: list[Call] = []
         self.fault: Fault | None = None
+        #: The manager is down behind its ingress: every request, /health included, gets 503.
+        self.outage = False
         self._server = _QuietServer(("127.0.0.1", port), _make_handler(self))
         self._server.daemon_threads = True
         self._server.request_queue_size = 256
@@ -286,6 +288,15 @@ def _make_handler(emu: OscarEmulator) -> type[BaseHTTPRequestHandler]:
 
         def _route(self, call: Call) -> int:
             path, method = call.path, call.method
+            if emu.outage:
+                # The manager pod is down: the ingress in front of it answers every path with
+                # 503 (oscar-api.md §4.2: 502/503/504 come from the ingress, never from OSCAR).
+                self._send(
+                    503,
+                    b"<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>",
+                    "text/html",
+                )
+                return 503
             if path == "/health" and method == "GET":
                 self._text(200, "Ok")
                 return 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -94,3 +95,26 @@ def invoked_names(calls: list) -> list[str]:  # type: ignore[type-arg]
 def start(spec: PipelineSpec) -> Running[ConsumerRunner]:
     stop = threading.Event()
     return run_in_thread(ConsumerRunner(spec, spec.consumers[0], stop=stop), stop)
+
+
+def dlq_raw(
+    bootstrap: str, topic: str, count: int, timeout: float = 30
+) -> list[tuple[bytes, dict[str, bytes]]]:
+    """The first ``count`` records of ``topic`` as (value, headers), undecoded."""
+    from confluent_kafka import OFFSET_BEGINNING
+
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "dlq-reader", "enable.auto.commit": False}
+    )
+    md = consumer.list_topics(topic, timeout=10).topics[topic]
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.partitions])
+    out: list[tuple[bytes, dict[str, bytes]]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(out) < count and time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is not None and msg.error() is None:
+                out.append((msg.value() or b"", dict(msg.headers() or [])))  # type: ignore[arg-type]
+    finally:
+        consumer.close()
+    return out
