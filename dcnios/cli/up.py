@@ -100,6 +100,9 @@ class Accounting:
     """Which sample files reached a finished job, from the sandbox OSCAR's job records."""
 
     seeded: list[str]
+    #: Failed jobs a file may have before it is settled: a tracked consumer runs a failed job
+    #: again (retry.max_attempts), an untracked one never learns that it failed.
+    attempts: int = 1
     jobs_by_file: dict[str, list[str]] = field(default_factory=dict)
 
     def update(self, stack: Stack) -> None:
@@ -115,7 +118,10 @@ class Accounting:
 
     @property
     def done(self) -> bool:
-        return all(self.jobs_by_file.get(n) for n in self.seeded)
+        return all(self._settled(self.jobs_by_file.get(n, [])) for n in self.seeded)
+
+    def _settled(self, states: list[str]) -> bool:
+        return "Succeeded" in states or states.count("Failed") >= self.attempts
 
     def summary(self, stack: Stack) -> dict[str, Any]:
         processed = [n for n in self.seeded if "Succeeded" in self.jobs_by_file.get(n, [])]
@@ -322,7 +328,8 @@ def run(args: argparse.Namespace) -> int:
         if args.seed:
             assert spec.sandbox is not None and spec.sandbox.dcache is not None
             root = os.path.normpath(os.path.join(stack.base_dir, spec.sandbox.dcache.root))
-            accounting = Accounting(seed_files(root, args.seed))
+            tracked = [c.retry.max_attempts for c in spec.consumers if c.oscar.tracking]
+            accounting = Accounting(seed_files(root, args.seed), attempts=max(tracked, default=1))
             logger.info(
                 "wrote %d sample files into %s; drop more files there to process them", args.seed, root
             )

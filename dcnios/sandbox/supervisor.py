@@ -54,7 +54,9 @@ INSTALL_HINT = (
 
 _WRAPPER = """\
 /bin/sh "$DCNIOS_USER_SCRIPT"
-echo $? > "$DCNIOS_JOB_DIR/script-status"
+status=$?
+echo $status > "$DCNIOS_JOB_DIR/script-status"
+[ $status -eq 0 ] || echo "script exited with status $status"
 cp -R "$TMP_OUTPUT_DIR/." "$DCNIOS_JOB_DIR/output/" 2>/dev/null
 exit 0
 """
