@@ -104,8 +104,10 @@ class Accounting:
     #: again (retry.max_attempts), an untracked one never learns that it failed.
     attempts: int = 1
     jobs_by_file: dict[str, list[str]] = field(default_factory=dict)
+    dead_letters: int = 0
 
     def update(self, stack: Stack) -> None:
+        self.dead_letters = int(stack.metric("dcnios_consumer_dead_letters_total"))
         self.jobs_by_file = {name: [] for name in self.seeded}
         for service in stack.oscar.services.values():
             for job in list(service.jobs.values()):
@@ -118,7 +120,12 @@ class Accounting:
 
     @property
     def done(self) -> bool:
-        return all(self._settled(self.jobs_by_file.get(n, [])) for n in self.seeded)
+        states = [self.jobs_by_file.get(n, []) for n in self.seeded]
+        if not all(self._settled(s) for s in states):
+            return False
+        # A file whose last attempt failed is settled once its record is in the DLQ.
+        given_up = sum(1 for s in states if "Succeeded" not in s)
+        return self.attempts == 1 or self.dead_letters >= given_up
 
     def _settled(self, states: list[str]) -> bool:
         return "Succeeded" in states or states.count("Failed") >= self.attempts
@@ -134,7 +141,8 @@ class Accounting:
             "jobs_failed": sum(v.count("Failed") for v in self.jobs_by_file.values()),
             "script_errors": totals.script_errors,
             "outputs_written": totals.outputs,
-            "duplicates": jobs - len([n for n in self.seeded if self.jobs_by_file.get(n)]),
+            # A retry after a failed job is not a duplicate; a second successful job is.
+            "duplicates": sum(max(0, v.count("Succeeded") - 1) for v in self.jobs_by_file.values()),
             "dead_letters": int(stack.metric("dcnios_consumer_dead_letters_total")),
             "lost": len(self.seeded) - len(processed),
             "missing": [n for n in self.seeded if n not in processed],

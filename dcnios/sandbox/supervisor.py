@@ -53,8 +53,9 @@ INSTALL_HINT = (
 )
 
 _WRAPPER = """\
-/bin/sh "$DCNIOS_USER_SCRIPT"
+/bin/sh "$DCNIOS_USER_SCRIPT" 2>"$DCNIOS_JOB_DIR/script-stderr"
 status=$?
+cat "$DCNIOS_JOB_DIR/script-stderr" >&2
 echo $status > "$DCNIOS_JOB_DIR/script-status"
 [ $status -eq 0 ] || echo "script exited with status $status"
 cp -R "$TMP_OUTPUT_DIR/." "$DCNIOS_JOB_DIR/output/" 2>/dev/null
@@ -206,7 +207,12 @@ class JobRunner:
             return
         if status != 0:
             # OSCAR's supervisor does not check this; the job still ends Succeeded there.
-            logger.warning("%s: script %s exited %d", job.name, service.script, status)
+            try:
+                with open(os.path.join(job_dir, "script-stderr"), encoding="utf-8", errors="replace") as err:
+                    tail = (err.read().strip().splitlines() or ["(no stderr)"])[-1]
+            except OSError:
+                tail = "(no stderr)"
+            logger.warning("%s: script %s exited %d: %s", job.name, service.script, status, tail)
             with self._lock:
                 self.totals.script_errors += 1
 

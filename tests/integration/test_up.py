@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from consumer_harness import event, invoked_names, produce
+from consumer_harness import dlq_raw, event, invoked_names, produce
 from producer_harness import wait_for
 
 from dcnios.broker import free_port
@@ -92,11 +92,11 @@ consumers:
   - name: svc
     group: {prefix}-svc  # unique per test: the session broker outlives it
     topic: {prefix}.events
-    oscar: {{endpoint: "{oscar}", service: svc, token: "{token}"}}
+    oscar: {{endpoint: "{oscar}", service: svc, token: "{token}", input_path: /data/in}}
     librdkafka: {{session.timeout.ms: "6000"}}
   - name: via-nifi
     topic: {prefix}.events
-    oscar: {{endpoint: "{oscar}", service: svc, token: "{token}"}}
+    oscar: {{endpoint: "{oscar}", service: svc, token: "{token}", input_path: /data/in}}
 nifi:
   endpoint: https://nifi.invalid/nifi-api
   auth: {{token: x}}
@@ -209,7 +209,15 @@ def test_replay_reinvokes_exactly_the_window(
 
 # -- bad input --------------------------------------------------------------------------------------
 def _sandbox_spec(
-    tmp_path: Path, bootstrap: str, prefix: str, *, dport: int, oport: int, script: str
+    tmp_path: Path,
+    bootstrap: str,
+    prefix: str,
+    *,
+    dport: int,
+    oport: int,
+    script: str,
+    oscar_extra: str = "",
+    sandbox_extra: str = "",
 ) -> Path:
     path = tmp_path / "sandbox.yaml"
     path.write_text(
@@ -221,7 +229,7 @@ sandbox:
     port: {oport}
     password: pw
     output: outbox
-    services: [{{name: svc, script: {script}}}]
+    services: [{{name: svc, script: {script}}}]{sandbox_extra}
 sources:
   - {{name: src, endpoint: "http://127.0.0.1:{dport}/api/v1", auth: {{username: demo, password: pw}},
       paths: [/], events: [IN_CLOSE_WRITE], topic: {prefix}.events}}
@@ -229,7 +237,7 @@ consumers:
   - name: svc
     group: {prefix}-svc  # unique per test: the session broker outlives it
     topic: {prefix}.events
-    oscar: {{endpoint: "http://127.0.0.1:{oport}", service: svc, username: oscar, password: pw}}
+    oscar: {{endpoint: "http://127.0.0.1:{oport}", service: svc, username: oscar, password: pw{oscar_extra}}}
     librdkafka: {{session.timeout.ms: "6000"}}
 """
     )
@@ -280,6 +288,45 @@ def test_a_broken_script_fails_once_with_the_reason(
     assert done.returncode == 1, done.stdout + done.stderr
     assert "script errors     2" in done.stdout
     assert "broken.sh exited 4: cannot parse input" in done.stderr
+
+
+def test_a_killed_job_is_retried_then_dead_lettered_and_once_reports_it(
+    tmp_path: Path, bootstrap: str, unique: Callable[[str], str]
+) -> None:
+    """The job's process is killed (the sandbox's job_timeout): with tracking, each attempt fails,
+    runs again under a new name, and the record ends in the DLQ with the job's log tail."""
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "slow.sh").write_text("#!/bin/sh\nsleep 30\n")
+    prefix = unique("killed")
+    spec_path = _sandbox_spec(
+        tmp_path,
+        bootstrap,
+        prefix,
+        dport=free_port(),
+        oport=free_port(),
+        script="slow.sh",
+        oscar_extra=", job_id: deterministic, pending_poll_interval: 200ms",
+        sandbox_extra="\n    job_timeout: 1s",
+    )
+    text = spec_path.read_text().replace(
+        "    librdkafka:", "    retry: {max_attempts: 2, initial_backoff: 100ms}\n    librdkafka:"
+    )
+    spec_path.write_text(text)
+    done = subprocess.run(
+        [DCNIOS, "up", "-c", str(spec_path), "--seed", "1", "--once", "--timeout", "90"],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "jobs run          2" in done.stdout and "jobs failed       2" in done.stdout
+    assert "dead letters      1" in done.stdout and "lost              1" in done.stdout
+    assert "Failed; attempt 2/2" in done.stderr
+    dead = dlq_raw(bootstrap, f"{prefix}.events.dlq", 1)
+    assert len(dead) == 1
+    assert dead[0][1]["dcnios-reason"] == b"job-failed"
+    assert b"job timed out after 1 s" in dead[0][1]["dcnios-job-log-tail"]
 
 
 def test_once_without_seed_is_a_usage_error(tmp_path: Path) -> None:
