@@ -23,10 +23,11 @@ from dcnios.errors import OscarError
 from dcnios.http import TrustedSession
 from dcnios.spec import OscarSpec
 
-__all__ = ["Attempt", "OscarInvoker", "ServiceInput", "service_input"]
+__all__ = ["DCACHE_PROVIDER", "Attempt", "OscarInvoker", "ServiceInput", "service_input"]
 
 logger = logging.getLogger(__name__)
 _ALREADY_EXISTS: Final = "already exists"
+DCACHE_PROVIDER: Final = "webdav.dcache"
 #: What OSCAR itself answers when it, or the cluster under it, is failing as a whole (§4.2: 500 is
 #: the Kubernetes API's error text; 502-504 come from the ingress when the manager is down).
 _SYSTEM_STATUSES: Final = frozenset({500, 502, 503, 504})
@@ -66,23 +67,24 @@ def _retry_after(response: requests.Response) -> float | None:
 
 @dataclass(frozen=True, slots=True)
 class ServiceInput:
-    """The service's dCache input: ``webdav.<id>`` provider and path (oscar-api.md §7)."""
+    """The service's dCache input: provider and path (oscar-api.md §7)."""
 
     provider: str
     path: str
 
 
 def service_input(definition: dict[str, Any]) -> ServiceInput | None:
-    """The first ``webdav.*`` input of a service definition: the one the supervisor stages from.
+    """The input the supervisor stages dCache events from: the first ``webdav.dcache`` entry.
 
-    faas-supervisor reads the first input of the event's provider type (its ``webdav``/dCache
-    event handling joins that path with ``event.name``).
+    faas-supervisor matches the provider exactly (``events/__init__.py`` ``_parse_dcache_event``:
+    the first input whose ``storage_provider`` is ``webdav.dcache``; the id ``dcache`` is
+    hard-coded), so a ``webdav.<other>`` input is never used for a dCache event.
     """
     for entry in definition.get("input") or ():
-        provider = str(entry.get("storage_provider") or "")
-        if provider.split(".", 1)[0] == "webdav" and isinstance(entry.get("path"), str):
-            path = "/" + entry["path"].strip("/")
-            return ServiceInput(provider, path)
+        if isinstance(entry, dict) and entry.get("storage_provider") == DCACHE_PROVIDER:
+            path = entry.get("path")
+            if isinstance(path, str):
+                return ServiceInput(DCACHE_PROVIDER, "/" + path.strip("/"))
     return None
 
 
@@ -164,9 +166,9 @@ class OscarInvoker:
         found = service_input(self.service_definition())
         if found is None:
             raise OscarError(
-                f"OSCAR service {self.spec.service} has no webdav.* input, so its supervisor cannot "
-                "stage dCache files: add `input: [{storage_provider: webdav.dcache, path: <dir>}]` "
-                "to its FDL, or use payload: record"
+                f"OSCAR service {self.spec.service} has no webdav.dcache input, so its supervisor "
+                "cannot stage dCache files: add `input: [{storage_provider: webdav.dcache, path: "
+                "<dir>}]` to its FDL, set oscar.input_path, or use payload: record"
             )
         return found.path
 

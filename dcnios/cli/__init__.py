@@ -6,12 +6,40 @@ import argparse
 from collections.abc import Sequence
 
 from dcnios import __version__
-from dcnios.cli import broker, control, dlq, nifi, replay, sandbox, schema, status, tail, topics, up, validate
+from dcnios.cli import (
+    broker,
+    control,
+    dlq,
+    doctor,
+    nifi,
+    replay,
+    sandbox,
+    schema,
+    status,
+    tail,
+    topics,
+    up,
+    validate,
+)
 from dcnios.cli._common import parser_class, run_main
 
 __all__ = ["build_parser", "main"]
 
-_SUBCOMMANDS = (up, status, validate, schema, topics, tail, broker, control, replay, dlq, nifi, sandbox)
+_SUBCOMMANDS = (
+    up,
+    status,
+    doctor,
+    validate,
+    schema,
+    topics,
+    tail,
+    broker,
+    control,
+    replay,
+    dlq,
+    nifi,
+    sandbox,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

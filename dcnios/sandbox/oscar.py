@@ -302,6 +302,9 @@ def _make_handler(emu: OscarEmulator) -> type[BaseHTTPRequestHandler]:
                 return 200
             if path.startswith(("/job/", "/run/")) and method == "POST":
                 return self._invoke(call, path.split("/")[1], path.split("/", 2)[2])
+            parts = path.split("/")
+            if len(parts) == 5 and parts[1:3] == ["system", "services"] and parts[4] == "auth":
+                return self._service_auth(call, parts[3])
             if path.startswith("/system/"):
                 if not self._basic_ok():
                     # gin BasicAuth: 401, realm header, empty body (OIDC disabled here).
@@ -359,6 +362,24 @@ def _make_handler(emu: OscarEmulator) -> type[BaseHTTPRequestHandler]:
                     return 200
             self._text(404, "404 page not found")
             return 404
+
+        def _service_auth(self, call: Call, name: str) -> int:
+            """``GET /system/services/{name}/auth`` (v4 only, §3): 200 for the service's token
+            (Bearer) or the admin (Basic), 401 otherwise, 404 for an unknown service."""
+            if call.method != "GET" or not emu.version.startswith("4"):
+                self._text(404, "404 page not found")
+                return 404
+            with emu.lock:
+                service = emu.services.get(name)
+            if service is None:
+                self._send(404)
+                return 404
+            header = call.headers.get("Authorization", "")
+            if self._basic_ok() or header == f"Bearer {service.token}":
+                self._send(200)
+                return 200
+            self._send(401)
+            return 401
 
         def _invoke(self, call: Call, kind: str, name: str) -> int:
             if emu.latency:

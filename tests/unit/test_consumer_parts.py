@@ -121,16 +121,17 @@ def test_staged_name_is_relative_to_the_input_path() -> None:
     assert staged_name("/data/in", "/data/in") is None
 
 
-def test_service_input_is_the_first_webdav_input() -> None:
+def test_service_input_is_the_first_webdav_dcache_input() -> None:
     definition = {
         "input": [
             {"storage_provider": "minio.default", "path": "bucket/in"},
+            {"storage_provider": "webdav.other", "path": "elsewhere"},  # the supervisor ignores it
             {"storage_provider": "webdav.dcache", "path": "data/in/"},
         ]
     }
     found = service_input(definition)
     assert found is not None and (found.provider, found.path) == ("webdav.dcache", "/data/in")
-    assert service_input({"input": [{"storage_provider": "minio", "path": "b"}]}) is None
+    assert service_input({"input": [{"storage_provider": "webdav.x", "path": "b"}]}) is None
     assert service_input({}) is None
 
 

@@ -1,0 +1,216 @@
+"""`dcnios doctor`: a spec checked against the live dCache and OSCAR it names, one finding a check.
+
+Nothing here changes anything: no job is created, no channel is opened. Each finding says what was
+checked, what was found, and, when it failed, what to do about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import requests
+
+from dcnios.consumers.oscar import DCACHE_PROVIDER, OscarInvoker, service_input
+from dcnios.consumers.record import staged_name
+from dcnios.errors import DcniosError, OscarError
+from dcnios.producers.dcache_api import DCacheClient
+from dcnios.spec import ConsumerSpec, PipelineSpec, SourceSpec
+
+__all__ = ["Finding", "diagnose"]
+
+Level = Literal["ok", "warn", "fail"]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    level: Level
+    subject: str  # "consumer grayify", "source inbox"
+    message: str
+    fix: str = ""
+
+
+def diagnose(spec: PipelineSpec) -> Iterator[Finding]:
+    for source in spec.sources:
+        yield from _source(source)
+    for consumer in spec.consumers:
+        yield from _consumer(spec, consumer)
+
+
+def _source(source: SourceSpec) -> Iterator[Finding]:
+    subject = f"source {source.name}"
+    client = DCacheClient(source)
+    try:
+        client.max_channel_timeout()
+    except (DcniosError, requests.RequestException) as exc:
+        yield Finding(
+            "fail",
+            subject,
+            f"dCache events API at {source.endpoint} does not answer: {exc}",
+            "check endpoint (https://<frontend>:3880/api/v1) and ca_bundle",
+        )
+        return
+    yield Finding("ok", subject, f"dCache events API answers at {source.endpoint}")
+    for path in source.paths:
+        try:
+            client.list_directory(path)
+        except (DcniosError, requests.RequestException) as exc:
+            yield Finding(
+                "fail",
+                subject,
+                f"cannot list {path}: {exc}",
+                "check that the directory exists and that auth may read it",
+            )
+        else:
+            yield Finding("ok", subject, f"{path} can be listed (needed to repair gaps)")
+
+
+def _consumer(spec: PipelineSpec, cs: ConsumerSpec) -> Iterator[Finding]:
+    subject = f"consumer {cs.name}"
+    oscar = cs.oscar
+    invoker = OscarInvoker(oscar, 1)
+    if not invoker.healthy():
+        yield Finding(
+            "fail",
+            subject,
+            f"OSCAR at {oscar.endpoint} does not answer GET /health",
+            "check oscar.endpoint and ca_bundle",
+        )
+        return
+    yield Finding("ok", subject, f"OSCAR answers at {oscar.endpoint}")
+    definition = None
+    if oscar.username is not None or oscar.oidc_token is not None:
+        try:
+            definition = invoker.service_definition()
+        except OscarError as exc:
+            fix = {
+                401: "the cluster credentials are refused: check oscar.username/password or oidc_token",
+                403: "these credentials may not see the service (visibility, allowed_users)",
+                404: f"create service {oscar.service} (oscar-cli apply <fdl>) or fix oscar.service",
+            }.get(exc.status or 0, "see the error")
+            yield Finding("fail", subject, str(exc), fix)
+            return
+        yield Finding("ok", subject, f"service {oscar.service} exists and the credentials are accepted")
+    yield from _token(invoker, subject)
+    if cs.payload == "dcache":
+        yield from _input(spec, cs, definition, subject)
+    if oscar.tracking or oscar.max_pending_jobs:
+        yield from _listing(invoker, cs, subject)
+    elif oscar.mode == "async":
+        yield Finding(
+            "warn",
+            subject,
+            "jobs are not followed: a 201 (the Job object exists) counts as done",
+            "set job_id: deterministic (OSCAR >= 4.1) with username/password",
+        )
+
+
+def _token(invoker: OscarInvoker, subject: str) -> Iterator[Finding]:
+    try:
+        token, _ = invoker.token()
+    except OscarError as exc:
+        yield Finding("fail", subject, f"no service token: {exc}", "give oscar.token or cluster credentials")
+        return
+    try:
+        response = invoker.session.get(
+            f"{invoker.base}/system/services/{invoker.spec.service}/auth",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=(float(invoker.spec.connect_timeout), 30),
+            allow_redirects=False,
+        )
+    except requests.RequestException as exc:
+        yield Finding("fail", subject, f"GET /system/services/{invoker.spec.service}/auth: {exc}")
+        return
+    if response.status_code == 200:
+        yield Finding("ok", subject, "the service token is accepted")
+    elif response.status_code == 401:
+        yield Finding(
+            "fail",
+            subject,
+            "OSCAR refuses the service token (401)",
+            "copy the token again (OSCAR <= 3.7 changes it on every service update), "
+            "or give username/password so dcnios fetches it",
+        )
+    else:
+        # OSCAR < 4 has no such endpoint; checking otherwise would create a job.
+        yield Finding(
+            "warn",
+            subject,
+            f"cannot check the token without creating a job "
+            f"(GET .../auth answered {response.status_code}; OSCAR < 4?)",
+        )
+
+
+def _input(
+    spec: PipelineSpec, cs: ConsumerSpec, definition: dict[str, object] | None, subject: str
+) -> Iterator[Finding]:
+    found = service_input(definition) if definition is not None else None
+    if definition is not None and found is None:
+        yield Finding(
+            "fail",
+            subject,
+            f"service {cs.oscar.service} has no {DCACHE_PROVIDER} input: its "
+            "supervisor cannot stage dCache files",
+            f"add input: [{{storage_provider: {DCACHE_PROVIDER}, path: <dir>}}] to the FDL",
+        )
+        return
+    if found is not None and cs.oscar.input_path is not None and found.path != cs.oscar.input_path:
+        yield Finding(
+            "fail",
+            subject,
+            f"oscar.input_path is {cs.oscar.input_path} but the service stages from {found.path}",
+            "make them the same, or drop oscar.input_path",
+        )
+        return
+    input_path = cs.oscar.input_path or (found.path if found is not None else None)
+    if input_path is None:
+        return
+    yield Finding("ok", subject, f"the service stages dCache files from {input_path}")
+    for source in spec.sources:
+        if cs.topic not in {source.topic, *(r.topic for r in source.routes)}:
+            continue
+        for path in source.paths:
+            probe = f"{path.rstrip('/')}/x"
+            if staged_name(probe, input_path) is not None and not source.recursive:
+                yield Finding("ok", subject, f"files in {path} (source {source.name}) can be staged")
+            elif staged_name(probe, input_path, nested=True) is not None:
+                yield Finding(
+                    "warn",
+                    subject,
+                    f"source {source.name} watches {path}"
+                    f"{' recursively' if source.recursive else ''}: files below sub-directories "
+                    f"of {input_path} go to the DLQ (OSCAR's supervisor cannot stage them)",
+                    "point the service's input at each watched directory, or use payload: record",
+                )
+            else:
+                yield Finding(
+                    "fail",
+                    subject,
+                    f"source {source.name} watches {path}, outside {input_path}: "
+                    "none of its files can be staged",
+                    "make the service's webdav.dcache input path the watched directory",
+                )
+
+
+def _listing(invoker: OscarInvoker, cs: ConsumerSpec, subject: str) -> Iterator[Finding]:
+    try:
+        invoker.list_jobs()
+    except OscarError as exc:
+        yield Finding(
+            "fail",
+            subject,
+            f"cannot list jobs: {exc}",
+            "track_jobs and max_pending_jobs need GET /system/logs with cluster username/password",
+        )
+        return
+    if cs.oscar.username is None:
+        yield Finding(
+            "warn",
+            subject,
+            "jobs are listed with an OIDC token: OSCAR lists only that owner's "
+            "jobs, and jobs posted with the service token carry no owner",
+            "use cluster username/password for tracking and max_pending_jobs",
+        )
+    else:
+        yield Finding("ok", subject, "the job listing is readable (tracking, max_pending_jobs)")
