@@ -213,6 +213,9 @@ def snapshot(stack: Stack, rates: _Rates) -> dict[str, Any]:
                 "paused": bool(m("dcnios_consumer_paused", consumer=c.name)),
                 "retries": int(m("dcnios_consumer_retries_total", consumer=c.name)),
                 "dlq": int(m("dcnios_consumer_dead_letters_total", consumer=c.name)),
+                "oscar_down": bool(m("dcnios_consumer_oscar_down", consumer=c.name)),
+                "jobs_running": int(m("dcnios_consumer_followed_jobs", consumer=c.name)),
+                "jobs_failed": int(m("dcnios_consumer_jobs_total", consumer=c.name, state="Failed")),
                 "restarts": c.restarts,
             }
         )
@@ -226,6 +229,12 @@ def snapshot(stack: Stack, rates: _Rates) -> dict[str, Any]:
             "outputs": t.outputs,
         }
     return {"sources": sources, "consumers": consumers, "sandbox_jobs": jobs}
+
+
+def _consumer_state(c: dict[str, Any]) -> str:
+    if c["oscar_down"]:
+        return "OSCAR down: calls held"
+    return "paused" if c["paused"] else str(c["state"])
 
 
 def _state(component: Any) -> str:
@@ -253,15 +262,29 @@ def _render(snap: dict[str, Any], recent: list[str]) -> Any:
             str(s["restarts"]),
         )
     consumers = Table(title="consumers (Kafka → OSCAR)", expand=True, title_justify="left")
-    for col in ("consumer", "state", "calls/s", "calls", "in flight", "lag", "rate", "retries", "DLQ"):
+    for col in (
+        "consumer",
+        "state",
+        "calls/s",
+        "calls",
+        "in flight",
+        "jobs running",
+        "jobs failed",
+        "lag",
+        "rate",
+        "retries",
+        "DLQ",
+    ):
         consumers.add_column(col, justify="left" if col in ("consumer", "state", "rate") else "right")
     for c in snap["consumers"]:
         consumers.add_row(
             c["name"],
-            "paused" if c["paused"] else c["state"],
+            _consumer_state(c),
             f"{c['invocations_per_s']:.1f}",
             str(c["invocations"]),
             str(c["in_flight"]),
+            str(c["jobs_running"]),
+            str(c["jobs_failed"]),
             str(c["lag"]),
             c["rate_limit"],
             str(c["retries"]),
@@ -288,8 +311,9 @@ def _plain_line(snap: dict[str, Any]) -> str:
         for s in snap["sources"]
     ]
     bits += [
-        f"consumer {c['name']}: {'paused' if c['paused'] else c['state']}, "
-        f"{c['invocations_per_s']:.1f} calls/s, {c['in_flight']} in flight, lag {c['lag']}, "
+        f"consumer {c['name']}: {_consumer_state(c)}, "
+        f"{c['invocations_per_s']:.1f} calls/s, {c['in_flight']} in flight, "
+        f"{c['jobs_running']} jobs running, {c['jobs_failed']} failed, lag {c['lag']}, "
         f"rate {c['rate_limit']}, {c['retries']} retries, {c['dlq']} DLQ"
         for c in snap["consumers"]
     ]
