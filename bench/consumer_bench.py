@@ -33,7 +33,7 @@ def _setup(
         "  topic_defaults: {partitions: 12}}\n"
         "consumers:\n  - name: svc\n"
         f"    topic: {prefix}.events\n    group: {prefix}\n    concurrency: {concurrency}\n{rate_line}"
-        f"    oscar: {{endpoint: '{oscar.endpoint}', service: grayify, token: '{token}'}}\n"
+        f"    oscar: {{endpoint: '{oscar.endpoint}', service: grayify, token: '{token}', input_path: /in}}\n"
         "    librdkafka: {session.timeout.ms: '6000'}\n"
     )
     spec = load_spec(path)

@@ -49,7 +49,7 @@ def _spec(
         f"     paths: [/in], topic: {prefix}.events}}\n"
         "consumers:\n  - name: svc\n"
         f"    topic: {prefix}.events\n    group: {prefix}\n    concurrency: {concurrency}\n{extra}"
-        f"    oscar: {{endpoint: '{oscar}', service: svc, token: '{token}'}}\n"
+        f"    oscar: {{endpoint: '{oscar}', service: svc, token: '{token}', input_path: /in}}\n"
         "    librdkafka: {session.timeout.ms: '6000'}\n"
     )
     spec = load_spec(path)

@@ -477,7 +477,12 @@ class _TlsServer(ThreadingHTTPServer):
 
 def _multistatus(href: str, is_dir: bool, size: int, mtime_ms: int) -> bytes:
     """A PROPFIND Depth 0 answer (RFC 4918 §9.1, §14.16): one response with the live properties
-    a WebDAV door reports for a file or a collection."""
+    a WebDAV door reports for a file or a collection.
+
+    Written here rather than served by a WebDAV server library (wsgidav): the door must share this
+    emulator's namespace, users and anonymous-read rule, and needs three read-only methods.
+    webdavclient3 (what OSCAR's supervisor uses) reads only ``response/href`` and
+    ``resourcetype`` from it (webdav3/client.py ``WebDavXmlUtils``)."""
     rtype = "<d:resourcetype><d:collection/></d:resourcetype>" if is_dir else "<d:resourcetype/>"
     modified = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(mtime_ms / 1000))
     length = "" if is_dir else f"<d:getcontentlength>{size}</d:getcontentlength>"

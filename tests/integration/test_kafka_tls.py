@@ -94,7 +94,7 @@ sources:
 consumers:
   - name: svc
     topic: tls.events
-    oscar: {{endpoint: "{oscar}", service: svc, token: "{token}"}}
+    oscar: {{endpoint: "{oscar}", service: svc, token: "{token}", input_path: /in}}
     librdkafka: {{session.timeout.ms: "6000"}}
 """
     )

@@ -43,7 +43,7 @@ def test_no_secret_leaks(tmp_path: Path, bootstrap: str, unique: Callable[[str],
     metrics_port = free_port()
     with DCacheEmulator({"alice": dcache_password}) as dcache, OscarEmulator() as oscar:
         dcache.mkdir("/in")
-        oscar.add_service("svc")
+        oscar.add_service("svc", input_path="/in")
         oscar.services["svc"].token = token
         spec = tmp_path / "spec.yaml"
         spec.write_text(
@@ -59,7 +59,7 @@ consumers:
   - name: svc
     group: {prefix}-svc  # unique per test: the session broker outlives it
     topic: {prefix}.events
-    oscar: {{endpoint: "{oscar.endpoint}", service: svc, token: "${{OSCAR_TOKEN}}"}}
+    oscar: {{endpoint: "{oscar.endpoint}", service: svc, token: "${{OSCAR_TOKEN}}", input_path: /in}}
     librdkafka: {{session.timeout.ms: "6000"}}
 """
         )
@@ -120,7 +120,7 @@ consumers:
   - name: svc
     group: {prefix}-svc  # unique per test: the session broker outlives it
     topic: {prefix}.events
-    oscar: {{endpoint: "{oscar.endpoint}", service: svc, token: "${{OSCAR_TOKEN}}"}}
+    oscar: {{endpoint: "{oscar.endpoint}", service: svc, token: "${{OSCAR_TOKEN}}", input_path: /in}}
 nifi:
   endpoint: https://nifi.invalid:8443/nifi-api
   auth: {{username: admin, password: "${{NIFI_PW}}"}}

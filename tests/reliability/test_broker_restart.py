@@ -33,7 +33,7 @@ def test_broker_restart_under_a_running_pipeline(
     before, after = 300, 300
     with DCacheEmulator() as dcache, OscarEmulator() as oscar:
         dcache.mkdir("/in")
-        oscar.add_service("svc")
+        oscar.add_service("svc", input_path="/in")
         path = tmp_path / "spec.yaml"
         path.write_text(
             f"""\

@@ -61,7 +61,7 @@ def test_consumer_kill9_with_work_in_flight(
 ) -> None:
     n, kills = (20000, 10) if full else (1500, 2)
     with OscarEmulator(version="4.1", latency=0.01) as oscar:
-        oscar.add_service("svc")
+        oscar.add_service("svc", input_path="/in")
         spec, path = _consumer_spec(
             tmp_path, bootstrap, unique("kill9c"), oscar.endpoint, oscar_extra=f", job_id: {job_id}"
         )
@@ -107,7 +107,7 @@ def test_oscar_5xx_timeouts_and_a_token_rotation(
     n = 3000
     rng = random.Random(7)
     with OscarEmulator(version="4.1") as oscar:
-        oscar.add_service("svc")
+        oscar.add_service("svc", input_path="/in")
         seen = {"n": 0}
 
         def fault(call: Call) -> int | str | None:
@@ -156,12 +156,58 @@ def test_oscar_5xx_timeouts_and_a_token_rotation(
 
 
 @pytest.mark.reliability
+def test_an_oscar_outage_of_three_minutes_moves_nothing_to_the_dlq(
+    tmp_path: Path, bootstrap: str, unique: Callable[[str], str], tally: list[Tally]
+) -> None:
+    """The manager is down behind its ingress (503 on every path, /health included) for three
+    minutes, many times the retry budget (6 attempts, at most 200 ms apart): the breaker holds the
+    calls, probes /health, and lets them through once OSCAR is back."""
+    n = 2000
+    with OscarEmulator(version="4.1", latency=0.002) as oscar:
+        oscar.add_service("svc", input_path="/in")
+        spec, path = _consumer_spec(
+            tmp_path, bootstrap, unique("outage"), oscar.endpoint, oscar_extra=", health_probe_max: 5s"
+        )
+        names = [f"f{i:06d}.dat" for i in range(n)]
+        produce_events(bootstrap, spec.consumers[0].topic, names)
+        child = consumer(path).start()
+        expected = {f"/in/{x}" for x in names}
+        try:
+            wait_for(
+                lambda: len(oscar.job_calls("svc")) >= n // 4, 120, "a quarter invoked before the outage"
+            )
+            oscar.outage = True
+            time.sleep(180)
+            oscar.outage = False
+            wait_for(
+                lambda: expected <= {f"/in/{x}" for x in invoked(oscar.job_calls("svc"))},
+                300,
+                "every record invoked after the outage",
+            )
+        finally:
+            child.stop()
+        done = {f"/in/{x}" for x in invoked(oscar.job_calls("svc"))}
+        dead = paths_in(spec, spec.consumers[0].dead_letter_topic)
+    tally.append(
+        Tally(
+            "OSCAR down 3 min (ingress 503 on every path)",
+            n,
+            len(expected - done - set(dead)),
+            len(oscar.job_calls("svc")) - len(done),
+            len(dead),
+            notes="breaker held the calls; /health probed with backoff",
+        )
+    )
+    assert expected <= done and not dead
+
+
+@pytest.mark.reliability
 def test_rebalance_storm(
     tmp_path: Path, bootstrap: str, unique: Callable[[str], str], tally: list[Tally]
 ) -> None:
     n, min_changes = 6000, 10
     with OscarEmulator(latency=0.005) as oscar:
-        oscar.add_service("svc")
+        oscar.add_service("svc", input_path="/in")
         # The rate stretches the work over ~75 s, so the storm hits it throughout.
         spec, path = _consumer_spec(
             tmp_path, bootstrap, unique("storm"), oscar.endpoint, extra="    rate: 80/s\n"
@@ -216,7 +262,7 @@ def test_bad_input_flood(
     prefix = unique("flood")
     with DCacheEmulator() as dcache, OscarEmulator() as oscar:
         dcache.mkdir("/in")
-        oscar.add_service("svc")
+        oscar.add_service("svc", input_path="/in")
         spec, _ = write_spec(
             tmp_path,
             f"""\
