@@ -1,4 +1,8 @@
-"""Drop records already invoked within a time window (producer replays after a crash)."""
+"""Drop records already invoked within a time window (producer replays after a crash).
+
+The consumer asks ``finished`` at admission and calls ``remember`` only when a record's first copy
+has finished: a copy re-fetched after a revoke, while the stale one still sleeps in its backoff,
+is not a duplicate of anything that ran. ``first_time`` is for one-pass readers (replays)."""
 
 from __future__ import annotations
 
@@ -35,6 +39,32 @@ class DedupWindow:
                 return False
             self._seen[key] = now
             return True
+
+    def finished(self, key: str) -> bool:
+        """Whether ``key`` finished within the window (``remember`` was called); remembers nothing."""
+        if self.seconds <= 0:
+            return False
+        now = self._clock()
+        with self._lock:
+            self._expire(now)
+            return key in self._seen
+
+    def remember(self, key: str) -> None:
+        """``key``'s record finished (its job ran or it is in the DLQ): later copies are duplicates."""
+        if self.seconds <= 0:
+            return
+        now = self._clock()
+        with self._lock:
+            self._expire(now)
+            self._seen[key] = now
+            self._seen.move_to_end(key)
+
+    def _expire(self, now: float) -> None:
+        while self._seen:
+            oldest, at = next(iter(self._seen.items()))
+            if now - at < self.seconds and len(self._seen) < self._max:
+                return
+            del self._seen[oldest]
 
     def forget(self, key: str) -> None:
         """Undo ``first_time`` (the record will come again, e.g. after a revoke)."""

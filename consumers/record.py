@@ -40,6 +40,7 @@ __all__ = [
     "staged_name",
     "traceparent_for",
     "unstageable_reason",
+    "wait_unless",
 ]
 
 logger = logging.getLogger(__name__)
@@ -266,11 +267,21 @@ def call_until_decided(
                 decision.delay,
             )
             number = decision.attempt
-            if stop.wait(decision.delay):
+            if not wait_unless(decision.delay, stop, stale):
                 return None, number
             continue
         return decision, number
     return None, number
+
+
+def wait_unless(seconds: float, stop: threading.Event, stale: Callable[[], bool]) -> bool:
+    """Sleep ``seconds``; False as soon as ``stop`` is set or the record became stale (revoked),
+    so a record in a long backoff does not hold its key, or its revoke, until it wakes."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if stop.wait(min(left, 0.2)) or stale():
+            return False
+    return not stale()
 
 
 def run_record(

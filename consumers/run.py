@@ -35,6 +35,7 @@ from dcnios.consumers.record import (
     RecordPolicy,
     Retry,
     call_until_decided,
+    wait_unless,
 )
 from dcnios.consumers.tracking import OffsetTracker
 from dcnios.control import ControlFollower, ControlState
@@ -331,7 +332,7 @@ class ConsumerRunner:
         if not self.cs.filter.accepts(event.path, event.mask):
             self._skip(msg, "filtered")
             return
-        if not self.dedup.first_time(dedup_key(event)):
+        if self.dedup.finished(dedup_key(event)):
             self._skip(msg, "duplicate")
             return
         work = _Work(msg, event, self._generation.get(key, 0))
@@ -380,7 +381,6 @@ class ConsumerRunner:
         key = (work.msg.topic() or "", work.msg.partition() or 0)
         with self._lock:
             if self._stale(work):
-                self.dedup.forget(dedup_key(work.event))
                 return
             self._active[key] = self._active.get(key, 0) + 1
         try:
@@ -410,7 +410,6 @@ class ConsumerRunner:
         )
         if decision is None:
             # Stopped or revoked before a verdict: leave it uncommitted; it will be redelivered.
-            self.dedup.forget(dedup_key(work.event))
             return
         if isinstance(decision, Follow):
             assert self.watch is not None
@@ -442,7 +441,6 @@ class ConsumerRunner:
         if end.finished is not None:
             self._m["job_end_to_end"].observe(max(0.0, end.finished - work.event.observed_at / 1000))
         if self._stale(work):
-            self.dedup.forget(dedup_key(work.event))  # the partition's new owner follows it
             return
         decision = self.policy.after_job(end, number)
         if isinstance(decision, Retry):
@@ -460,14 +458,13 @@ class ConsumerRunner:
         self._pool.submit(self._settle, work, decision, number)
 
     def _retry_job(self, work: _Work, decision: Retry) -> None:
-        if self.stop.wait(decision.delay):
-            self.dedup.forget(dedup_key(work.event))
+        if not wait_unless(decision.delay, self.stop, lambda: self._stale(work)):
             return
         self._process(work, decision.attempt)
 
     def _settle(self, work: _Work, decision: Decision, number: int) -> None:
         if isinstance(decision, Done):
-            self._finished(work.msg)
+            self._finished(work.msg, work.event)
             return
         assert isinstance(decision, DeadLetter)
         logger.error(
@@ -478,7 +475,7 @@ class ConsumerRunner:
             number,
             decision.error,
         )
-        self._dead_letter(
+        if self._dead_letter(
             work.msg,
             decision.error,
             status=decision.status,
@@ -486,7 +483,8 @@ class ConsumerRunner:
             first_ms=work.first_attempt_ms,
             reason=decision.reason,
             log_tail=decision.log_tail,
-        )
+        ):
+            self.dedup.remember(dedup_key(work.event))
 
     def _probe_health(self) -> None:
         """While the breaker is open: probe GET /health with backoff, then let calls through."""
@@ -519,7 +517,8 @@ class ConsumerRunner:
             self.gate.release()
         return False
 
-    def _finished(self, msg: Message) -> None:
+    def _finished(self, msg: Message, event: StorageEvent) -> None:
+        self.dedup.remember(dedup_key(event))
         self.tracker.done(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
         with self._lock:
             self._completions.append(time.monotonic())
@@ -534,7 +533,8 @@ class ConsumerRunner:
         first_ms: int,
         reason: str,
         log_tail: str = "",
-    ) -> None:
+    ) -> bool:
+        """Write ``msg`` to the DLQ; True once acknowledged (and marked done)."""
         headers: list[tuple[str, str | bytes | None]] = list(_headers(msg))
         headers += [
             ("dcnios-error", error.encode("utf-8", "replace")[:2000]),
@@ -563,9 +563,10 @@ class ConsumerRunner:
             logger.error(
                 "%s: DLQ write for %s not acknowledged; leaving it uncommitted", self.cs.name, _where(msg)
             )
-            return
+            return False
         self.metrics.dlq.labels(self.cs.name, reason).inc()
         self.tracker.done(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+        return True
 
     # -- background ------------------------------------------------------------------------
     def _poll_producer(self) -> None:

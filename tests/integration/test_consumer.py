@@ -20,6 +20,7 @@ from consumer_harness import committed, consumer_spec, event, invoked_names, pro
 from producer_harness import read_topic, run_in_thread, wait_for
 
 from dcnios.cli import main as dcnios_main
+from dcnios.codec import StorageEventCodec
 from dcnios.consumers.run import ConsumerRunner
 from dcnios.control import write_control
 from dcnios.sandbox.oscar import Call, OscarEmulator
@@ -615,3 +616,41 @@ def test_the_first_member_stopped_mid_join_leaves_the_group_usable(
     finally:
         second.halt()
     assert sorted(invoked_names(oscar.job_calls("grayify"))) == [f"f{i:05d}.png" for i in range(50)]
+
+
+def test_a_rebalance_during_retry_backoff_still_dead_letters_every_record(
+    bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    """The copy a member re-fetches after a revoke is not a duplicate of its stale copy still
+    sleeping in backoff: dedup drops only records whose first copy finished."""
+    prefix = unique("c")
+    spec = consumer_spec(
+        tmp_path,
+        bootstrap,
+        oscar.endpoint,
+        prefix,
+        token=oscar.services["grayify"].token,
+        partitions=2,
+        extra="retry: {max_attempts: 2, initial_backoff: 8s, max_backoff: 8s}\ndrain_timeout: 2s\n",
+    )
+    oscar.fault = lambda call: 429  # retryable, and not an outage: the breaker stays closed
+    codec_producer = Producer({"bootstrap.servers": bootstrap})
+    codec = StorageEventCodec()
+    topic = f"{prefix}.events"
+    for i in range(6):
+        ev = event(i)
+        value, headers = codec.encode(ev, topic)
+        codec_producer.produce(topic, value, ev.key, headers=headers, partition=i % 2)
+    assert codec_producer.flush(10) == 0
+    first = start(spec)
+    second = None
+    try:
+        wait_for(lambda: len([c for c in oscar.calls if c.path == "/job/grayify"]) >= 6, 60)
+        second = start(spec)
+        wait_for(lambda: sum(committed(bootstrap, f"{prefix}-svc", topic, 2).values()) == 6, 90)
+    finally:
+        first.halt()
+        if second is not None:
+            second.halt()
+    dead = read_topic(bootstrap, f"{topic}.dlq", lambda r: len(r) >= 6, timeout=30)
+    assert sorted(e.name for e in dead)[:6] == sorted(f"f{i:05d}.png" for i in range(6))

@@ -94,6 +94,20 @@ def test_dedup_window_expires() -> None:
     assert DedupWindow(0, clock).first_time("x") and DedupWindow(0, clock).first_time("x")
 
 
+def test_dedup_drops_only_what_finished() -> None:
+    clock = Clock()
+    window = DedupWindow(10, clock)
+    assert not window.finished("a")
+    assert not window.finished("a")  # asking twice does not make a copy in flight a duplicate
+    window.remember("a")
+    assert window.finished("a")
+    clock.now += 11
+    assert not window.finished("a")
+    off = DedupWindow(0, clock)
+    off.remember("x")
+    assert not off.finished("x")
+
+
 def test_job_names_are_stable_dns_labels_per_generation_and_attempt() -> None:
     label = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
     long_service = "a-very-long-service-name-indeed-" * 2
