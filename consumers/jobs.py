@@ -132,7 +132,8 @@ class JobWatch:
         self.missing_after = missing_after
         self._clock = clock
         self._lock = threading.Lock()
-        self._followed: dict[str, _Followed] = {}
+        # Several records can follow one job: a replayed copy finds its job "already exists".
+        self._followed: dict[str, list[_Followed]] = {}
         self.last_error: str | None = None
         self.pages_read = 0
 
@@ -141,14 +142,24 @@ class JobWatch:
         with self._lock:
             return len(self._followed)
 
-    def follow(self, name: str, on_end: Callable[[JobEnd], None]) -> None:
-        """Call ``on_end`` once, from the poller thread, when job ``name`` has ended."""
-        with self._lock:
-            self._followed[name] = _Followed(on_end, self._clock())
+    def follow(self, name: str, on_end: Callable[[JobEnd], None]) -> Callable[[], None]:
+        """Call ``on_end`` once, from the poller thread, when job ``name`` has ended.
 
-    def forget(self, name: str) -> None:
+        Returns a function that cancels this one follower.
+        """
+        follower = _Followed(on_end, self._clock())
         with self._lock:
-            self._followed.pop(name, None)
+            self._followed.setdefault(name, []).append(follower)
+
+        def cancel() -> None:
+            with self._lock:
+                followers = self._followed.get(name, [])
+                if follower in followers:
+                    followers.remove(follower)
+                if not followers:
+                    self._followed.pop(name, None)
+
+        return cancel
 
     def wait(self, name: str, stop: threading.Event) -> JobEnd | None:
         """Block until ``name`` ends (or ``stop``): for one-record-at-a-time callers."""
@@ -159,10 +170,10 @@ class JobWatch:
             ended.append(end)
             done.set()
 
-        self.follow(name, on_end)
+        cancel = self.follow(name, on_end)
         while not done.wait(0.1):
             if stop.is_set():
-                self.forget(name)
+                cancel()
                 return None
         return ended[0]
 
@@ -194,23 +205,25 @@ class JobWatch:
         if self.gate is not None:
             self.gate.observe(sum(1 for j in jobs.values() if j.get("status") in ACTIVE_STATES), started)
         now = self._clock()
-        ended: list[tuple[_Followed, JobEnd]] = []
+        ended: list[tuple[list[_Followed], JobEnd]] = []
         with self._lock:
-            for name, followed in list(self._followed.items()):
+            for name, followers in list(self._followed.items()):
                 info = jobs.get(name)
                 if info is None:
-                    if now - followed.since >= self.missing_after:
+                    # Absence is measured from when the job was last seen (or first followed).
+                    if all(now - f.since >= self.missing_after for f in followers):
                         del self._followed[name]
-                        ended.append((followed, JobEnd(name, "Missing")))
+                        ended.append((followers, JobEnd(name, "Missing")))
                     continue
-                followed.seen = True
-                followed.since = now  # absence is measured from when it was last seen
+                for follower in followers:
+                    follower.seen = True
+                    follower.since = now
                 status = info.get("status")
                 if status in FINAL_STATES:
                     del self._followed[name]
                     ended.append(
                         (
-                            followed,
+                            followers,
                             JobEnd(
                                 name,
                                 str(status),
@@ -220,12 +233,13 @@ class JobWatch:
                             ),
                         )
                     )
-        for followed, found in ended:
+        for followers, found in ended:
             end = found if found.succeeded else _with_log_tail(self.invoker, found)
-            try:
-                followed.on_end(end)
-            except Exception:  # a callback bug must not stop the poller for every other job
-                logger.exception("job %s: handling its end failed", end.name)
+            for follower in followers:
+                try:
+                    follower.on_end(end)
+                except Exception:  # a callback bug must not stop the poller for every other job
+                    logger.exception("job %s: handling its end failed", end.name)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():

@@ -391,6 +391,10 @@ class ConsumerRunner:
 
     def _invoke_with_retries(self, work: _Work, number: int = 1) -> None:
         assert self.policy is not None
+        if number == 1 and self.dedup.finished(dedup_key(work.event)):
+            # A copy that queued behind its first copy (same key), which has finished since.
+            self._skip(work.msg, "duplicate")
+            return
         if not work.first_attempt_ms:
             work.first_attempt_ms = now_millis()
         prepared = self.policy.prepare(work.event)

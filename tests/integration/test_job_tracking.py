@@ -118,6 +118,27 @@ def test_a_restart_follows_its_jobs_instead_of_creating_them_again(
     assert again.runner.metrics.jobs.labels("svc", "Succeeded")._value.get() == 8
 
 
+def test_two_copies_of_one_event_both_finish_with_their_one_job(
+    bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    """A producer replay delivers an event twice: the second copy finds the job "already exists"
+    and follows it too; both records finish when that one job ends."""
+    prefix = unique("t")
+    spec = consumer_spec(
+        tmp_path, bootstrap, oscar.endpoint, prefix, oscar_extra=TRACKED, extra="    dedup_window: 0s\n"
+    )
+    events = [event(i) for i in range(10)]
+    produce(bootstrap, f"{prefix}.events", events + events)
+    running = start(spec)
+    try:
+        wait_for(lambda: sum(1 for c in oscar.calls if c.status == 500) >= 10, 60)
+        oscar.finish_jobs("grayify")
+        wait_for(lambda: _total(bootstrap, prefix) == 20, 30)
+    finally:
+        running.halt()
+    assert len(oscar.jobs("grayify")) == 10
+
+
 def test_replay_runs_every_job_again(
     bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
 ) -> None:

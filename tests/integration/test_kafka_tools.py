@@ -32,7 +32,8 @@ def write_spec(tmp_path: Path, bootstrap: str, topic: str, registry: str | None 
         f"  - {{name: src, endpoint: 'https://d:3880/api/v1', paths: [/in], topic: {topic},\n"
         f"     routes: [{{match: '/in/raw/**', topic: {topic}.raw}}]}}\n"
         "consumers:\n"
-        f"  - {{name: c1, topic: {topic}, oscar: {{endpoint: 'https://o', service: s, token: t}}}}\n"
+        f"  - {{name: c1, topic: {topic},\n"
+        "     oscar: {endpoint: 'https://o', service: s, token: t, input_path: /in}}\n"
     )
     return spec
 
