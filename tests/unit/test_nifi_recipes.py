@@ -214,6 +214,24 @@ def test_rates_become_whole_counts(rate: str, expected: tuple[str, str]) -> None
     assert rate_parameters(None) == ("1000000", "1 sec")
 
 
+def test_deploy_nifi_without_the_nifi_extra_says_what_to_install(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    from dcnios.cli import main
+    from dcnios.cli import nifi as nifi_cli
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(BASE % {"kafka": "", "token": TOKEN, "payload": "dcache", "version": 2, "nifi": ""})
+    monkeypatch.setattr(nifi_cli, "_partitions", lambda spec: lambda topic: 1)  # no Kafka probe
+    monkeypatch.setitem(sys.modules, "nipyapi", None)  # what `import nipyapi` meets without the extra
+    assert main(["deploy-nifi", "-c", str(path), "--print-flow", "grayify"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ExtraMissingError: ") and "pip install 'dcnios[nifi]'" in err
+    assert "Traceback" not in err
+
+
 # -- the body InvokeHTTP sends ------------------------------------------------------------------------
 def _service(recipe: Recipe, ident: str) -> dict[str, Any]:
     return next(s for s in recipe.flow["flowContents"]["controllerServices"] if s["identifier"] == ident)
