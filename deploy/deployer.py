@@ -23,13 +23,15 @@ from dcnios.deploy.validate import validate_flow
 from dcnios.errors import ConfigError, DcniosError, NiFiError
 from dcnios.spec import ConsumerSpec, NifiSpec, PipelineSpec, Rate
 
-__all__ = ["GroupStatus", "NifiDeployer", "PlanItem", "spec_authorization"]
+__all__ = ["MIN_NIFI_2", "GroupStatus", "NifiDeployer", "PlanItem", "spec_authorization"]
 
 logger = logging.getLogger(__name__)
 
 Action = Literal["create", "update parameters", "replace flow", "unchanged"]
 _DIGEST: Final = re.compile(r"(flow|parameters)=([0-9a-f]+)")
 _STALE_REVISION: Final = "is not the most up-to-date revision"
+#: the oldest 2.x release whose property names the 2.x recipe uses
+MIN_NIFI_2: Final = (2, 7)
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,12 @@ class NifiDeployer:
         if major != self.nifi.version:
             raise ConfigError(
                 f"nifi.version: {self.nifi.version}, but the NiFi at {self.nifi.endpoint} is {version}"
+            )
+        if major == 2 and _release(version) < MIN_NIFI_2:
+            # The 2.x recipe uses the property names standardised in NiFi 2.7.0 (NIFI-15018 and others).
+            raise ConfigError(
+                f"nifi.version: the NiFi at {self.nifi.endpoint} is {version}; dcnios's 2.x recipe needs "
+                f"{MIN_NIFI_2[0]}.{MIN_NIFI_2[1]}.0 or later (its property names changed in 2.7.0)"
             )
         self._nifi_version = version
         return version
@@ -544,6 +552,12 @@ class NifiDeployer:
                 ):
                     status.parameters[param["name"]] = str(param.get("value"))
         return status
+
+
+def _release(version: str) -> tuple[int, int]:
+    major, _, rest = version.partition(".")
+    minor = re.match(r"\d+", rest)
+    return int(major), int(minor.group(0)) if minor else 0
 
 
 def spec_authorization(consumer: ConsumerSpec) -> str:

@@ -214,6 +214,27 @@ def test_rates_become_whole_counts(rate: str, expected: tuple[str, str]) -> None
     assert rate_parameters(None) == ("1000000", "1 sec")
 
 
+def test_catalog_names_are_nifi_2_11_descriptors() -> None:
+    """The offline validator's 2.x table and the emulator's facts (read separately from NiFi's
+    source) agree for the default target, 2.11.0: no invalid name passes, no real one is refused."""
+    from dcnios.deploy.catalog import COMPONENTS as CATALOG
+    from dcnios.deploy.recipe import _DEFAULT_NIFI_VERSION
+    from dcnios.sandbox.nifi_components import COMPONENTS as FACTS
+    from dcnios.sandbox.nifi_components import nifi_version
+
+    release = nifi_version(_DEFAULT_NIFI_VERSION[2])
+    for (type_, version), known in CATALOG.items():
+        if version != 2:
+            continue
+        facts = FACTS[type_]
+        real = {d.name for d in facts.descriptors if d.exists(release)}
+        assert known.properties == real, type_
+        services = {d.name for d in facts.descriptors if d.exists(release) and d.service}
+        assert known.service_properties == services, type_
+        for name in known.dynamic:
+            assert facts.dynamic is not None and facts.dynamic(name, "x", release) is None, (type_, name)
+
+
 def test_deploy_nifi_without_the_nifi_extra_says_what_to_install(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -269,17 +290,27 @@ def _write_record(record: dict[str, Any], schema: dict[str, Any], suppress_nulls
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 
+def _prop(props: dict[str, Any], *names: str) -> Any:
+    """The value under the first of ``names`` present: the 2.x name, then the 1.x one."""
+    return props[next(n for n in names if n in props)]
+
+
 def _nifi_body(recipe: Recipe, value: bytes, registry_schema: str | None = None) -> bytes:
     procs = {p["identifier"]: p for p in recipe.flow["flowContents"]["processors"]}
     chain = procs.get("to-envelope") or procs["to-json"]
     props = chain["properties"]
-    reader = _service(recipe, props.get("jolt-record-record-reader") or props["record-reader"])
-    if reader["properties"]["schema-access-strategy"] == "confluent-encoded":
+    reader = _service(recipe, _prop(props, "Record Reader", "jolt-record-record-reader", "record-reader"))
+    rprops = reader["properties"]
+    strategy = _prop(rprops, "Schema Access Strategy", "schema-access-strategy")
+    if strategy in ("schema-reference-reader", "confluent-encoded"):
+        if strategy == "schema-reference-reader":
+            ref = _service(recipe, rprops["Schema Reference Reader"])
+            assert ref["type"].endswith("ConfluentEncodedSchemaReferenceReader")
         assert value[0] == 0  # magic byte, then a 4-byte schema id
         schema_text, payload = registry_schema, value[5:]
     else:
-        assert reader["properties"]["schema-access-strategy"] == "schema-text-property"
-        schema_text, payload = reader["properties"]["schema-text"], value
+        assert strategy == "schema-text-property"
+        schema_text, payload = _prop(rprops, "Schema Text", "schema-text"), value
     assert schema_text is not None
     schema = json.loads(schema_text)
     record = fastavro.schemaless_reader(io.BytesIO(payload), fastavro.parse_schema(schema))
@@ -287,11 +318,12 @@ def _nifi_body(recipe: Recipe, value: bytes, registry_schema: str | None = None)
     for key, item in list(record.items()):
         if isinstance(item, datetime.datetime):  # timestamp-millis: the writer has no Timestamp Format
             record[key] = (item - _EPOCH) // datetime.timedelta(milliseconds=1)  # exact, no float
-    writer = _service(recipe, props.get("jolt-record-record-writer") or props["record-writer"])
+    writer = _service(recipe, _prop(props, "Record Writer", "jolt-record-record-writer", "record-writer"))
     wprops = writer["properties"]
-    assert wprops["output-grouping"] == "output-oneline" and wprops["Pretty Print JSON"] == "false"
-    if "jolt-record-spec" in props:
-        (operation,) = json.loads(props["jolt-record-spec"])
+    assert _prop(wprops, "Output Grouping", "output-grouping") == "output-oneline"
+    assert wprops["Pretty Print JSON"] == "false"
+    if "Jolt Specification" in props or "jolt-record-spec" in props:
+        (operation,) = json.loads(_prop(props, "Jolt Specification", "jolt-record-spec"))
         assert operation["operation"] == "shift"
         shifted: dict[str, Any] = {}
         for key, dest in operation["spec"].items():
@@ -303,11 +335,12 @@ def _nifi_body(recipe: Recipe, value: bytes, registry_schema: str | None = None)
                 node = node.setdefault(parent, {})
             node[leaf] = record[key]
         record = shifted
-    if wprops["schema-access-strategy"] == "inherit-record-schema":
+    if _prop(wprops, "Schema Access Strategy", "schema-access-strategy") == "inherit-record-schema":
         out_schema = schema
     else:
-        out_schema = json.loads(wprops["schema-text"])
-    return _write_record(record, out_schema, wprops["suppress-nulls"] == "always-suppress").encode()
+        out_schema = json.loads(_prop(wprops, "Schema Text", "schema-text"))
+    suppress = _prop(wprops, "Suppress Null Values", "suppress-nulls") == "always-suppress"
+    return _write_record(record, out_schema, suppress).encode()
 
 
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
