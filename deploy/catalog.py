@@ -187,8 +187,8 @@ COMPONENTS: Final = {
             versions=(2,),
         ),
         _c(
-            "org.apache.nifi.processors.jolt.JoltTransformRecord",
-            "nifi-jolt-nar",
+            "org.apache.nifi.processors.jolt.record.JoltTransformRecord",
+            "nifi-jolt-record-nar",
             "jolt-record-record-reader|jolt-record-record-writer|jolt-record-transform|jolt-record-spec|"
             "jolt-record-custom-class|jolt-record-custom-modules|jolt-record-transform-cache-size",
             "success|failure|original",

@@ -75,7 +75,9 @@ KNOWN_TYPES: Final = {
     | {
         "org.apache.nifi.processors.kafka.pubsub.ConsumeKafka_2_6",
         "org.apache.nifi.processors.kafka.pubsub.PublishKafka_2_6",
-        "org.apache.nifi.processors.jolt.JoltTransformRecord",
+        # 1.x ships it in nifi-jolt-record-nar, package ...jolt.record (nifi-nar-bundles/
+        # nifi-jolt-record-bundle/nifi-jolt-record-processors/.../jolt/record/JoltTransformRecord.java)
+        "org.apache.nifi.processors.jolt.record.JoltTransformRecord",
     },
 }
 #: 1.x: the names under which a service reference is translated and checked (2.x: the descriptors)

@@ -307,6 +307,8 @@ def test_nifi_1x_deploys_its_own_recipe(
         _deployer(path).apply()
         procs = {p.versioned_id: p for p in old.processors.values()}
         assert procs["consume"].type.endswith("ConsumeKafka_2_6")
+        # 1.x ships JoltTransformRecord in nifi-jolt-record-nar, package ...jolt.record
+        assert procs["to-envelope"].type == "org.apache.nifi.processors.jolt.record.JoltTransformRecord"
         assert "Remote URL" in procs["invoke"].properties and "HTTP URL" not in procs["invoke"].properties
         assert {p.state for p in procs.values()} == {"RUNNING"}
 

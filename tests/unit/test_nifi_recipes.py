@@ -323,6 +323,7 @@ def _nifi_body(recipe: Recipe, value: bytes, registry_schema: str | None = None)
     assert _prop(wprops, "Output Grouping", "output-grouping") == "output-oneline"
     assert wprops["Pretty Print JSON"] == "false"
     if "Jolt Specification" in props or "jolt-record-spec" in props:
+        assert _prop(props, "Jolt Transform", "jolt-record-transform") == "jolt-transform-chain"
         (operation,) = json.loads(_prop(props, "Jolt Specification", "jolt-record-spec"))
         assert operation["operation"] == "shift"
         shifted: dict[str, Any] = {}
