@@ -65,6 +65,11 @@ _KAFKA_1_SECURITY: Final = (
 )
 _RECORD_SERVICES: Final = "nifi-record-serialization-services-nar"
 _CONFLUENT: Final = "nifi-confluent-platform-nar"
+#: the route's relationship and the attributes it sets on a dead letter (nifi_recipes/)
+_STAGEABLE: Final = "stageable"
+_DLQ_ATTRIBUTES: Final = (
+    "dcnios-reason|dcnios-error|dcnios-attempts|dcnios-topic|dcnios-partition|dcnios-offset|dcnios-consumer"
+)
 
 COMPONENTS: Final = {
     (c.type, v): c
@@ -209,6 +214,32 @@ COMPONENTS: Final = {
             "record-reader|record-writer|include-zero-record-flowfiles",
             "success|failure",
             services="record-reader|record-writer",
+            versions=(1,),
+        ),
+        _c(
+            "org.apache.nifi.processors.standard.RouteOnAttribute",
+            "nifi-standard-nar",
+            "Routing Strategy",
+            # each dynamic property is a relationship; the recipes define one
+            "unmatched|" + _STAGEABLE,
+            dynamic=_STAGEABLE,
+        ),
+        _c(
+            "org.apache.nifi.processors.attributes.UpdateAttribute",
+            "nifi-update-attribute-nar",
+            "Delete Attributes Expression|Store State|Stateful Variables Initial Value|"
+            "Cache Value Lookup Cache Size",
+            "success",
+            dynamic=_DLQ_ATTRIBUTES,
+            versions=(2,),
+        ),
+        _c(
+            "org.apache.nifi.processors.attributes.UpdateAttribute",
+            "nifi-update-attribute-nar",
+            "Delete Attributes Expression|Store State|Stateful Variables Initial Value|"
+            "canonical-value-lookup-cache-size",
+            "success",
+            dynamic=_DLQ_ATTRIBUTES,
             versions=(1,),
         ),
         _c(

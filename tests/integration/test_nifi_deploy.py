@@ -123,9 +123,9 @@ def test_full_sequence_against_the_emulator(
 
     assert main(["nifi", "status", "-c", str(spec_path), "--json"]) == 0
     (status,) = json.loads(capsys.readouterr().out)
-    assert status["exists"] and status["run_state"] == {"RUNNING": 5} and status["invalid"] == []
+    assert status["exists"] and status["run_state"] == {"RUNNING": 7} and status["invalid"] == []
     assert status["parameters"]["max_rate"] == "20"
-    assert len(status["connections"]) == 7 and not any(c["back_pressure"] for c in status["connections"])
+    assert len(status["connections"]) == 10 and not any(c["back_pressure"] for c in status["connections"])
 
 
 def test_consume_tasks_follow_the_topic_partitions(spec_path: Path, nifi: NifiEmulator) -> None:
