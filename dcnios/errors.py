@@ -4,19 +4,20 @@
 
     DcniosError
     ├── ConfigError            a spec (or CLI value) is invalid; carries every problem found
+    │   └── ExtraMissingError  an optional extra is not installed; says what to install
     ├── SchemaError            an .avsc cannot be parsed, or a reader cannot read a writer's data
     ├── CodecError             a Kafka value cannot be decoded (poison record)
     ├── KafkaError             a Kafka call failed
     │   └── DeliveryError      a produced record was not acknowledged
     ├── BrokerError            the embedded broker could not start
-    ├── ExtraMissingError      an optional extra is not installed
     └── RemoteError            an HTTP peer answered with an error
         ├── DCacheError        the dCache frontend (events / namespace API)
         │   └── ChannelGoneError   404 on the channel: it expired or the frontend restarted
         ├── OscarError         the OSCAR API
         └── NiFiError          the NiFi REST API
 
-Every error prints as ``ErrorType: message``; the CLI maps ConfigError to exit 2, the rest to 1.
+Every error prints as ``ErrorType: message``; the CLI maps ConfigError (so also a missing extra:
+the installation, like the spec, is the user's to fix) to exit 2, the rest to 1.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ class BrokerError(DcniosError):
     """The embedded broker could not be started or did not become ready."""
 
 
-class ExtraMissingError(DcniosError):
+class ExtraMissingError(ConfigError):
     """An optional dependency is missing; the message says what to install."""
 
 

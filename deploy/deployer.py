@@ -23,13 +23,15 @@ from dcnios.deploy.validate import validate_flow
 from dcnios.errors import ConfigError, DcniosError, NiFiError
 from dcnios.spec import ConsumerSpec, NifiSpec, PipelineSpec, Rate
 
-__all__ = ["GroupStatus", "NifiDeployer", "PlanItem", "spec_authorization"]
+__all__ = ["MIN_NIFI_2", "GroupStatus", "NifiDeployer", "PlanItem", "spec_authorization", "spec_input_path"]
 
 logger = logging.getLogger(__name__)
 
 Action = Literal["create", "update parameters", "replace flow", "unchanged"]
 _DIGEST: Final = re.compile(r"(flow|parameters)=([0-9a-f]+)")
 _STALE_REVISION: Final = "is not the most up-to-date revision"
+#: the oldest 2.x release whose property names the 2.x recipe uses
+MIN_NIFI_2: Final = (2, 7)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class NifiDeployer:
         *,
         partitions: Callable[[str], int] | None = None,
         authorization: Callable[[ConsumerSpec], str] | None = None,
+        input_path: Callable[[ConsumerSpec], str | None] | None = None,
     ) -> None:
         if spec.nifi is None:
             raise ConfigError("nifi: the spec has no nifi section")
@@ -76,6 +79,7 @@ class NifiDeployer:
         self.client = client
         self._partitions = partitions or (lambda _topic: spec.kafka.topic_defaults.partitions)
         self._authorization = authorization or spec_authorization
+        self._input_path = input_path or spec_input_path
         self._nifi_version: str | None = None
         self._root_groups: list[dict[str, Any]] | None = None
 
@@ -99,6 +103,7 @@ class NifiDeployer:
             partitions=self._partitions(consumer.topic),
             authorization=self._authorization(consumer),
             nifi_version=self._nifi_version,
+            input_path=self._input_path(consumer),
         )
         problems = validate_flow(recipe.flow, recipe.parameters, self.nifi.version)
         if problems:
@@ -119,6 +124,12 @@ class NifiDeployer:
         if major != self.nifi.version:
             raise ConfigError(
                 f"nifi.version: {self.nifi.version}, but the NiFi at {self.nifi.endpoint} is {version}"
+            )
+        if major == 2 and _release(version) < MIN_NIFI_2:
+            # The 2.x recipe uses the property names standardised in NiFi 2.7.0 (NIFI-15018 and others).
+            raise ConfigError(
+                f"nifi.version: the NiFi at {self.nifi.endpoint} is {version}; dcnios's 2.x recipe needs "
+                f"{MIN_NIFI_2[0]}.{MIN_NIFI_2[1]}.0 or later (its property names changed in 2.7.0)"
             )
         self._nifi_version = version
         return version
@@ -544,6 +555,23 @@ class NifiDeployer:
                 ):
                     status.parameters[param["name"]] = str(param.get("value"))
         return status
+
+
+def _release(version: str) -> tuple[int, int]:
+    major, _, rest = version.partition(".")
+    minor = re.match(r"\d+", rest)
+    return int(major), int(minor.group(0)) if minor else 0
+
+
+def spec_input_path(consumer: ConsumerSpec) -> str | None:
+    """The service's input directory for ``payload: dcache``: the spec's, else the service's own."""
+    if consumer.payload != "dcache":
+        return None
+    if consumer.oscar.input_path is not None:
+        return consumer.oscar.input_path
+    from dcnios.consumers.oscar import OscarInvoker
+
+    return OscarInvoker(consumer.oscar, 1).input_path()
 
 
 def spec_authorization(consumer: ConsumerSpec) -> str:

@@ -10,24 +10,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
 
+from dcnios.consumers.record import unstageable_reason
 from dcnios.errors import ConfigError
 from dcnios.spec import ConsumerSpec, PipelineSpec, Rate
 
 __all__ = [
     "ENVELOPE_SCHEMA",
-    "JOLT_SPEC",
     "MARKER",
     "Parameter",
     "Recipe",
+    "jolt_spec",
     "load_template",
     "rate_parameters",
     "render",
+    "stageable_expression",
+    "unstageable_error",
 ]
 
 MARKER: Final = "managed by dcnios"
@@ -60,19 +64,67 @@ ENVELOPE_SCHEMA: Final = {
         {"name": "subscription", "type": "string"},
     ],
 }
-#: StorageEvent → envelope. Jolt applies literal keys in HashMap order, so the output order comes
-#: from the writer schema above, not from this spec.
-JOLT_SPEC: Final = [
-    {
-        "operation": "shift",
-        "spec": {
-            "name": "event.name",
-            "cookie": "event.cookie",
-            "mask": "event.mask",
-            "subscription": "subscription",
+#: Characters of an input path that NiFi's Expression Language cannot carry reliably in the
+#: route's string literals: quotes and backslashes (Query.findEndQuoteChar miscounts a second
+#: escaped quote), braces (``${``/``#{`` start an expression or a parameter), control characters.
+_EL_UNSAFE: Final = re.compile(r"""['"\\{}\x00-\x1f\x7f]""")
+_REGEX_SPECIAL: Final = frozenset(".^$*+?()[]|")
+
+
+def jolt_spec(input_path: str) -> list[dict[str, Any]]:
+    """StorageEvent → envelope, ``event.name`` being the path relative to ``input_path``.
+
+    Only records the route passed (directly in the input directory, or below it with
+    ``nested_names``) reach this spec. Jolt's ``size`` and ``substring`` work on a Java String, so
+    the start index counts UTF-16 code units. Jolt applies literal keys in HashMap order, so the
+    output key order comes from the writer schema, not from this spec.
+    """
+    start = _utf16_length(input_path.rstrip("/")) + 1
+    return [
+        {"operation": "modify-overwrite-beta", "spec": {"pathLength": "=size(@(1,path))"}},
+        {
+            "operation": "modify-overwrite-beta",
+            "spec": {"relativeName": f"=substring(@(1,path),{start},@(1,pathLength))"},
         },
-    }
-]
+        {
+            "operation": "shift",
+            "spec": {
+                "relativeName": "event.name",
+                "cookie": "event.cookie",
+                "mask": "event.mask",
+                "subscription": "subscription",
+            },
+        },
+    ]
+
+
+def _utf16_length(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def stageable_expression(input_path: str, *, nested: bool) -> str:
+    """RouteOnAttribute's test (Expression Language) that the supervisor can stage the record's file.
+
+    The Kafka key is the file's full path (``StorageEvent.key``; ConsumeKafka puts it in
+    ``kafka.key``), so the record is routed without being parsed and reaches the dead-letter topic
+    as it came. ``matches`` is Java's whole-string ``Pattern.matches``; the same rule as
+    ``staged_name``: below ``<input path>/``, a non-empty name, no ``/`` in it unless ``nested``.
+    """
+    base = "".join("\\" + c if c in _REGEX_SPECIAL else c for c in input_path.rstrip("/"))
+    pattern = f"(?s){base}/.+" if nested else f"{base}/[^/]+"
+    return "${kafka.key:matches('" + pattern + "')}"
+
+
+def unstageable_error(input_path: str) -> str:
+    """UpdateAttribute's ``dcnios-error`` (Expression Language): ``unstageable_reason``'s text."""
+    base = input_path.rstrip("/")
+    nested_path, outside_path = base + "/", ""
+    below = unstageable_reason(nested_path, input_path).removeprefix(nested_path)
+    outside = unstageable_reason(outside_path, input_path)
+    for text in (below, outside):
+        # Double-quoted literals: the texts contain apostrophes, never a double quote or backslash.
+        assert '"' not in text and "\\" not in text, text
+    return "${kafka.key}${kafka.key:startsWith('" + base + "/'):ifElse(\"" + below + '", "' + outside + '")}'
 
 
 @dataclass(frozen=True)
@@ -157,12 +209,17 @@ def render(
     partitions: int,
     authorization: str,
     nifi_version: str | None = None,
+    input_path: str | None = None,
 ) -> Recipe:
     """The flow definition and parameters of ``consumer``'s process group.
 
     ``authorization`` is the whole ``Authorization`` header value (``Bearer <token>``); it only
-    ever travels as a sensitive parameter.
+    ever travels as a sensitive parameter. ``input_path`` is the OSCAR service's input directory
+    (default: ``oscar.input_path``), needed for ``payload: dcache``.
     """
+    input_path = input_path or consumer.oscar.input_path
+    if consumer.payload == "dcache":
+        input_path = _checked_input_path(consumer, input_path)
     kafka = spec.kafka
     ssl = kafka.security_protocol in _SSL_PROTOCOLS
     sasl = kafka.security_protocol in _SASL_PROTOCOLS
@@ -184,7 +241,9 @@ def render(
         "reader_id": "avro-reader-registry" if registry else "avro-reader",
         "avro_schema": _avro_schema_text(),
         "envelope_schema": json.dumps(ENVELOPE_SCHEMA, separators=(",", ":")),
-        "jolt_spec": json.dumps(JOLT_SPEC, separators=(",", ":")),
+        "jolt_spec": json.dumps(jolt_spec(input_path or "/"), separators=(",", ":")),
+        "stageable": stageable_expression(input_path or "/", nested=consumer.oscar.nested_names),
+        "unstageable_error": unstageable_error(input_path or "/"),
         "sasl_mechanism": "#{kafka_sasl_mechanism}" if sasl else None,
         "sasl_username": "#{kafka_sasl_username}" if sasl else None,
         "sasl_password": "#{kafka_sasl_password}" if sasl else None,
@@ -199,6 +258,21 @@ def render(
         group_name: {"name": group_name, "parameters": [], "inheritedParameterContexts": []}
     }
     return Recipe(consumer.name, version, group_name, group_name, flow, parameters)
+
+
+def _checked_input_path(consumer: ConsumerSpec, input_path: str | None) -> str:
+    if input_path is None:
+        raise ConfigError(
+            f"consumer {consumer.name}: oscar.input_path: needed to route payload: dcache through NiFi "
+            "(event.name is the file's path relative to the service's input directory)"
+        )
+    if bad := _EL_UNSAFE.search(input_path):
+        raise ConfigError(
+            f"consumer {consumer.name}: oscar.input_path: {input_path!r} has {bad.group(0)!r}, which the "
+            "NiFi route cannot carry in an Expression Language literal (quotes, backslashes, braces and "
+            "control characters are not supported)"
+        )
+    return input_path
 
 
 def _parameters(

@@ -14,8 +14,13 @@ from typing import Any, Final
 
 from dcnios.deploy.catalog import component
 from dcnios.deploy.recipe import Parameter
+from dcnios.errors import ExtraMissingError
 
-__all__ = ["unknown_keys", "validate_flow"]
+__all__ = ["NIFI_EXTRA_HINT", "unknown_keys", "validate_flow"]
+
+NIFI_EXTRA_HINT: Final = (
+    "checking a NiFi flow before upload needs the 'nifi' extra (nipyapi): pip install 'dcnios[nifi]'"
+)
 
 _PARAM_REF: Final = re.compile(r"#\{([^}]*)\}")
 _PROCESSOR_FIELDS: Final = (
@@ -56,7 +61,10 @@ _STRATEGIES: Final = {
 
 
 def _models() -> Any:
-    import nipyapi
+    try:
+        import nipyapi
+    except ImportError as exc:
+        raise ExtraMissingError(f"{NIFI_EXTRA_HINT} ({exc})") from exc
 
     if nipyapi.config.nifi_config.api_client is None:
         # The deserialiser needs a client object; none of its network settings are used here.

@@ -12,6 +12,11 @@ Faithful where the reference is specific (section numbers refer to it):
   (§1.5);
 * validation: a processor referencing a disabled service or a missing parameter is INVALID;
   the bulk enable silently skips invalid services (2.x, §1.6);
+* on 2.x, the components' real property descriptors (``dcnios.sandbox.nifi_components``, read from
+  NiFi's source per release): on upload, service references are translated only under names whose
+  descriptor identifies a controller service, then migrateProperties renames run; an unknown name
+  makes the component INVALID unless its dynamic-property rule accepts it, and so does a value
+  outside a covered enum's allowable values (1.x components are not checked this way);
 * parameter-context update requests stop and restart the processors that use a changed
   parameter; sensitive values read back masked; flipping sensitivity is refused (§1.4);
 * 409 for changing a running processor, binding a context while running, deleting a group with
@@ -35,6 +40,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
+from dcnios.sandbox.nifi_components import COMPONENTS, UnemulatedMigration, nifi_version
+from dcnios.sandbox.nifi_components import unsupported_property as _unsupported
+
 __all__ = ["NifiEmulator"]
 
 logger = logging.getLogger(__name__)
@@ -46,7 +54,8 @@ _SHARED_TYPES: Final = {
     "org.apache.nifi.processors.standard.ControlRate",
     "org.apache.nifi.processors.standard.InvokeHTTP",
     "org.apache.nifi.processors.standard.ConvertRecord",
-    "org.apache.nifi.processors.jolt.JoltTransformRecord",
+    "org.apache.nifi.processors.standard.RouteOnAttribute",
+    "org.apache.nifi.processors.attributes.UpdateAttribute",
     "org.apache.nifi.avro.AvroReader",
     "org.apache.nifi.json.JsonRecordSetWriter",
     "org.apache.nifi.confluent.schemaregistry.ConfluentSchemaRegistry",
@@ -59,13 +68,19 @@ KNOWN_TYPES: Final = {
         "org.apache.nifi.kafka.processors.ConsumeKafka",
         "org.apache.nifi.kafka.processors.PublishKafka",
         "org.apache.nifi.kafka.service.Kafka3ConnectionService",
+        "org.apache.nifi.confluent.schemaregistry.ConfluentEncodedSchemaReferenceReader",
+        "org.apache.nifi.processors.jolt.JoltTransformRecord",
     },
     1: _SHARED_TYPES
     | {
         "org.apache.nifi.processors.kafka.pubsub.ConsumeKafka_2_6",
         "org.apache.nifi.processors.kafka.pubsub.PublishKafka_2_6",
+        # 1.x ships it in nifi-jolt-record-nar, package ...jolt.record (nifi-nar-bundles/
+        # nifi-jolt-record-bundle/nifi-jolt-record-processors/.../jolt/record/JoltTransformRecord.java)
+        "org.apache.nifi.processors.jolt.record.JoltTransformRecord",
     },
 }
+#: 1.x: the names under which a service reference is translated and checked (2.x: the descriptors)
 _SERVICE_PROPERTIES: Final = {
     "Kafka Connection Service",
     "SSL Context Service",
@@ -174,6 +189,7 @@ class NifiEmulator:
     ) -> None:
         self.version = version
         self.major = int(version.split(".", 1)[0])
+        self.release = nifi_version(version)
         self.users = users if users is not None else {"admin": "admin-password-12"}
         self.secured = tls is not None
         self.tokens: set[str] = set()
@@ -278,18 +294,49 @@ class NifiEmulator:
                     )
                 elif ref not in ctx.parameters:
                     errors.append(f"'{key}' references Parameter '{ref}', which does not exist")
-            if key in _SERVICE_PROPERTIES and isinstance(proc, _Processor):
-                svc = self.services.get(str(value))
-                if svc is None:
-                    errors.append(
-                        f"'{key}' is invalid because Controller Service with ID {value} does not exist"
-                    )
-                elif svc.state != "ENABLED":
-                    errors.append(
-                        f"'{key}' validated against '{value}' is invalid because Controller Service "
-                        "is disabled"
-                    )
+            if self.major == 2:
+                errors += self._descriptor_errors(proc, key, value)
+            elif key in _SERVICE_PROPERTIES and isinstance(proc, _Processor):
+                errors += self._service_reference_errors(key, value)
+        facts = COMPONENTS.get(proc.type) if self.major == 2 else None
+        if facts is not None and facts.custom is not None:
+            # ValidationResult.toString without an input (nifi-api ValidationResult.java)
+            errors += [
+                f"'{subject}' is invalid because {why}"
+                for subject, why in facts.custom(proc.properties, self.release)
+            ]
         return errors
+
+    def _service_reference_errors(self, key: str, value: Any) -> list[str]:
+        svc = self.services.get(str(value))
+        if svc is None:
+            return [f"'{key}' is invalid because Controller Service with ID {value} does not exist"]
+        if svc.state != "ENABLED":
+            return [f"'{key}' validated against '{value}' is invalid because Controller Service is disabled"]
+        return []
+
+    def _descriptor_errors(self, comp: _Processor | _Service, key: str, value: Any) -> list[str]:
+        """PropertyDescriptor.validate for one property (nifi-api PropertyDescriptor.java)."""
+        facts = COMPONENTS.get(comp.type)
+        if facts is None:  # a type the recipes do not use: nothing known to check
+            return []
+        text = "" if value is None else str(value)
+        descriptor = facts.descriptor(key, self.release)
+        if descriptor is None:
+            # AbstractConfigurableComponent.getPropertyDescriptor: without a dynamic descriptor the
+            # property gets Validator.INVALID; the value is kept.
+            why = facts.dynamic(key, text, self.release) if facts.dynamic else _unsupported(key)
+            return [] if why is None else [f"'{key}' validated against '{text}' is invalid because {why}"]
+        # NiFi checks a parameter's value; the emulator checks literal values only.
+        if descriptor.allowed and "#{" not in text and text not in descriptor.allowed:
+            allowed = ", ".join(descriptor.allowed)  # ConstrainedSetValidator
+            return [
+                f"'{key}' validated against '{text}' is invalid because "
+                f"Given value not found in allowed set '{allowed}'"
+            ]
+        if descriptor.service and isinstance(comp, _Processor):
+            return self._service_reference_errors(key, value)
+        return []
 
     def processor_entity(self, proc: _Processor) -> dict[str, Any]:
         errors = self.validation(proc)
@@ -389,19 +436,57 @@ class NifiEmulator:
         }
 
     # -- operations ----------------------------------------------------------------------------
+    def _imported_properties(
+        self, raw: dict[str, Any], ids: dict[str, str], installed: bool
+    ) -> dict[str, Any]:
+        """A versioned component's properties as the new instance holds them."""
+        props: dict[str, Any] = dict(raw.get("properties") or {})
+        if self.major != 2:
+            return {k: ids.get(v, v) if k in _SERVICE_PROPERTIES else v for k, v in props.items()}
+        facts = COMPONENTS.get(raw["type"]) if installed else None
+        declared = {
+            name
+            for name, d in (raw.get("propertyDescriptors") or {}).items()
+            if isinstance(d, dict) and d.get("identifiesControllerService")
+        }
+
+        def references_service(name: str) -> bool:
+            # StandardVersionedComponentSynchronizer.populatePropertiesMap: a versioned service id
+            # becomes the instance id only under a name whose current descriptor identifies a
+            # service, or that the flow's propertyDescriptors declares so; and it runs before
+            # migrateProperties, so an old name that is renamed keeps the versioned id.
+            descriptor = facts.descriptor(name, self.release) if facts else None
+            return (descriptor is not None and descriptor.service) or name in declared
+
+        props = {
+            k: ids.get(v, v) if references_service(k) and isinstance(v, str) else v for k, v in props.items()
+        }
+        if facts is not None and facts.migrate is not None:
+            try:
+                facts.migrate(props, self.release)
+            except UnemulatedMigration as exc:
+                raise _Conflict(501, f"emulator: migration not emulated for {raw['name']}: {exc}") from exc
+        return props
+
     def upload(self, fields: dict[str, str], flow: dict[str, Any]) -> dict[str, Any]:
         for required in ("groupName", "positionX", "positionY", "clientId"):
             if not fields.get(required):
                 raise _Conflict(400, f"{required} is required")
         contents = flow.get("flowContents") or {}
-        group = _Group(str(uuid.uuid4()), name=fields["groupName"], comments=contents.get("comments", ""))
+        gid = str(uuid.uuid4())
+        known = KNOWN_TYPES[self.major] - self.missing_types
+        raws = [*contents.get("controllerServices", []), *contents.get("processors", [])]
+        # StandardProcessGroup generates instance ids from the versioned ids; any will do here.
+        ids = {raw["identifier"]: str(uuid.uuid5(uuid.UUID(int=0), raw["identifier"] + gid)) for raw in raws}
+        # Everything that can refuse the upload runs before the group exists.
+        imported = {
+            raw["identifier"]: self._imported_properties(raw, ids, raw["type"] in known) for raw in raws
+        }
+        group = _Group(gid, name=fields["groupName"], comments=contents.get("comments", ""))
         group.bump({"clientId": fields["clientId"]})
         self.groups[group.id] = group
-        known = KNOWN_TYPES[self.major] - self.missing_types
-        ids: dict[str, str] = {}
         for raw in contents.get("controllerServices", []):
-            sid = str(uuid.uuid5(uuid.UUID(int=0), raw["identifier"] + group.id))
-            ids[raw["identifier"]] = sid
+            sid = ids[raw["identifier"]]
             missing = raw["type"] not in known
             self.services[sid] = _Service(
                 sid,
@@ -409,12 +494,11 @@ class NifiEmulator:
                 type=raw["type"],
                 group=group.id,
                 versioned_id=raw["identifier"],
-                properties=dict(raw.get("properties") or {}),
+                properties=imported[raw["identifier"]],
                 missing=missing,
             )
         for raw in contents.get("processors", []):
-            pid = str(uuid.uuid5(uuid.UUID(int=0), raw["identifier"] + group.id))
-            ids[raw["identifier"]] = pid
+            pid = ids[raw["identifier"]]
             missing = raw["type"] not in known
             self.processors[pid] = _Processor(
                 pid,
@@ -422,18 +506,10 @@ class NifiEmulator:
                 type=raw["type"],
                 group=group.id,
                 versioned_id=raw["identifier"],
-                properties=dict(raw.get("properties") or {}),
+                properties=imported[raw["identifier"]],
                 relationships_auto=list(raw.get("autoTerminatedRelationships") or []),
                 missing=missing,
             )
-        for svc in self.group_services(group.id):
-            svc.properties = {
-                k: ids.get(v, v) if k in _SERVICE_PROPERTIES else v for k, v in svc.properties.items()
-            }
-        for proc in self.group_processors(group.id):
-            proc.properties = {
-                k: ids.get(v, v) if k in _SERVICE_PROPERTIES else v for k, v in proc.properties.items()
-            }
         for raw in contents.get("connections", []):
             cid = str(uuid.uuid4())
             self.connections[cid] = _Connection(

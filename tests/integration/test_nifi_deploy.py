@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -122,9 +123,9 @@ def test_full_sequence_against_the_emulator(
 
     assert main(["nifi", "status", "-c", str(spec_path), "--json"]) == 0
     (status,) = json.loads(capsys.readouterr().out)
-    assert status["exists"] and status["run_state"] == {"RUNNING": 5} and status["invalid"] == []
+    assert status["exists"] and status["run_state"] == {"RUNNING": 7} and status["invalid"] == []
     assert status["parameters"]["max_rate"] == "20"
-    assert len(status["connections"]) == 7 and not any(c["back_pressure"] for c in status["connections"])
+    assert len(status["connections"]) == 10 and not any(c["back_pressure"] for c in status["connections"])
 
 
 def test_consume_tasks_follow_the_topic_partitions(spec_path: Path, nifi: NifiEmulator) -> None:
@@ -306,5 +307,221 @@ def test_nifi_1x_deploys_its_own_recipe(
         _deployer(path).apply()
         procs = {p.versioned_id: p for p in old.processors.values()}
         assert procs["consume"].type.endswith("ConsumeKafka_2_6")
+        # 1.x ships JoltTransformRecord in nifi-jolt-record-nar, package ...jolt.record
+        assert procs["to-envelope"].type == "org.apache.nifi.processors.jolt.record.JoltTransformRecord"
         assert "Remote URL" in procs["invoke"].properties and "HTTP URL" not in procs["invoke"].properties
         assert {p.state for p in procs.values()} == {"RUNNING"}
+
+
+# -- NiFi 2.x property descriptors -----------------------------------------------------------------
+def _group_components(nifi: NifiEmulator, group_name: str) -> list[Any]:
+    group = nifi.group_named(group_name)
+    assert group is not None
+    return [*nifi.group_services(group.id), *nifi.group_processors(group.id)]
+
+
+@pytest.mark.parametrize(
+    ("payload", "kafka_extra"),
+    [
+        ("dcache", ""),
+        ("record", ""),
+        ("dcache", ', schema_registry: {url: "https://registry.example.org:8081"}'),
+    ],
+)
+def test_every_recipe_variant_deploys_valid_on_nifi_2_11(
+    spec_path: Path, nifi: NifiEmulator, payload: str, kafka_extra: str
+) -> None:
+    text = spec_path.read_text().replace("    rate: 20/s\n", f"    rate: 20/s\n    payload: {payload}\n")
+    spec_path.write_text(
+        text.replace(
+            "topic_defaults: {partitions: 2}}", "topic_defaults: {partitions: 2}" + kafka_extra + "}"
+        )
+    )
+    _deployer(spec_path).apply()
+    components = _group_components(nifi, "dcnios-grayify")
+    assert {c.name: nifi.validation(c) for c in components} == {c.name: [] for c in components}
+    assert {c.state for c in components} <= {"RUNNING", "ENABLED"}
+    types = {c.type.rsplit(".", 1)[1] for c in components}
+    if kafka_extra:
+        assert {"ConfluentSchemaRegistry", "ConfluentEncodedSchemaReferenceReader"} <= types
+
+
+#: What the 2.x recipe wrote before it used NiFi 2.x's names (consumer-v2.json up to 78a31f2).
+_OLD_NAMES = {
+    "JoltTransformRecord": {
+        "Record Reader": "jolt-record-record-reader",
+        "Record Writer": "jolt-record-record-writer",
+        "Jolt Transform": "jolt-record-transform",
+        "Jolt Specification": "jolt-record-spec",
+    },
+    "ConvertRecord": {"Record Reader": "record-reader", "Record Writer": "record-writer"},
+    "AvroReader": {
+        "Schema Access Strategy": "schema-access-strategy",
+        "Schema Text": "schema-text",
+        "Schema Registry": "schema-registry",
+    },
+    "JsonRecordSetWriter": {
+        "Schema Access Strategy": "schema-access-strategy",
+        "Schema Text": "schema-text",
+        "Suppress Null Values": "suppress-nulls",
+        "Output Grouping": "output-grouping",
+        "Compression Format": "compression-format",
+    },
+    "ConfluentSchemaRegistry": {"Schema Registry URLs": "url"},
+}
+
+
+def _with_old_names(recipe: Any) -> Any:
+    contents = recipe.flow["flowContents"]
+    for comp in [*contents["controllerServices"], *contents["processors"]]:
+        renames = _OLD_NAMES.get(comp["type"].rsplit(".", 1)[1], {})
+        props = comp["properties"]
+        if props.pop("Schema Reference Reader", None) is not None:
+            props["Schema Access Strategy"] = "confluent-encoded"
+        props.pop("Allow Scientific Notation", None)
+        comp["properties"] = {renames.get(k, k): v for k, v in props.items()}
+    return recipe
+
+
+@pytest.fixture
+def old_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deploy flows with the old names, past the offline validator that now refuses them."""
+    from dcnios.deploy import deployer
+
+    render = deployer.render
+    monkeypatch.setattr(deployer, "render", lambda *a, **kw: _with_old_names(render(*a, **kw)))
+    monkeypatch.setattr(deployer, "validate_flow", lambda *a, **kw: [])
+
+
+@pytest.mark.usefixtures("old_names")
+def test_the_old_jolt_names_make_the_processor_invalid(spec_path: Path, nifi: NifiEmulator) -> None:
+    with pytest.raises(NiFiError, match="processor 'Record to dCache event'") as caught:
+        _deployer(spec_path).apply()
+    message = str(caught.value)
+    for name in ("jolt-record-spec", "jolt-record-transform"):
+        assert f"'{name}' is not a supported property or has no Validator associated with it" in message
+    # Migrated to 'Record Reader', but after the service ids were translated: it names no service.
+    assert (
+        "'Record Reader' is invalid because Controller Service with ID avro-reader does not exist" in message
+    )
+    assert "'Jolt Specification' must be set" in message
+
+
+@pytest.mark.usefixtures("old_names")
+def test_the_old_record_names_keep_a_dangling_service_id(spec_path: Path, nifi: NifiEmulator) -> None:
+    spec_path.write_text(
+        spec_path.read_text().replace("    rate: 20/s\n", "    rate: 20/s\n    payload: record\n")
+    )
+    with pytest.raises(NiFiError, match="processor 'Record to JSON'") as caught:
+        _deployer(spec_path).apply()
+    assert (
+        "'Record Writer' is invalid because Controller Service with ID record-writer does not exist"
+        in str(caught.value)
+    )
+
+
+@pytest.mark.usefixtures("old_names")
+def test_confluent_encoded_is_not_a_2_x_schema_access_strategy(spec_path: Path, nifi: NifiEmulator) -> None:
+    text = spec_path.read_text()
+    spec_path.write_text(
+        text.replace(
+            "topic_defaults: {partitions: 2}}",
+            'topic_defaults: {partitions: 2}, schema_registry: {url: "https://r:8081"}}',
+        )
+    )
+    with pytest.raises(NiFiError, match="controller service 'StorageEvent reader'") as caught:
+        _deployer(spec_path).apply()
+    assert (
+        "'Schema Access Strategy' validated against 'confluent-encoded' is invalid because Given value not "
+        "found in allowed set 'schema-name, schema-text-property, schema-reference-reader, "
+        "embedded-avro-schema'"
+    ) in str(caught.value)
+
+
+def test_nifi_older_than_2_7_is_refused(
+    tmp_path: Path, bootstrap: str, unique: Callable[[str], str], pki: Pki
+) -> None:
+    with NifiEmulator(version="2.6.0", tls=(str(pki.cert), str(pki.key))) as old:
+        path = _write_spec(tmp_path, bootstrap, unique("nifi"), old, pki.ca)
+        with pytest.raises(ConfigError, match=r"is 2\.6\.0; dcnios's 2\.x recipe needs 2\.7\.0 or later"):
+            _deployer(path).apply()
+
+
+def _upload_one(nifi: NifiEmulator, kind: str, type_: str, properties: dict[str, str]) -> list[str]:
+    """Upload a one-component flow and return the component's validation errors."""
+    component = {"identifier": "c", "name": "c", "type": type_, "properties": properties}
+    key = "controllerServices" if kind == "service" else "processors"
+    fields = {"groupName": f"g-{len(nifi.groups)}", "positionX": "0", "positionY": "0", "clientId": "t"}
+    entity = nifi.upload(fields, {"flowContents": {key: [component]}})
+    (comp,) = _group_components(nifi, entity["component"]["name"])
+    return nifi.validation(comp)
+
+
+def _unsupported(name: str, value: str = "x") -> list[str]:
+    return [
+        f"'{name}' validated against '{value}' is invalid because '{name}' is not a supported property "
+        "or has no Validator associated with it"
+    ]
+
+
+_KAFKA3 = "org.apache.nifi.kafka.service.Kafka3ConnectionService"
+_REGISTRY = "org.apache.nifi.confluent.schemaregistry.ConfluentSchemaRegistry"
+_INVOKE = "org.apache.nifi.processors.standard.InvokeHTTP"
+
+
+def test_dynamic_properties_follow_each_component() -> None:
+    with NifiEmulator(version="2.11.0") as nifi:
+        base = {"bootstrap.servers": "k:9092"}
+        # Kafka3ConnectionService from 2.4.0: Kafka client keys, partitions*, sasl_extension_* (2.7.0+)
+        for name in ("fetch.max.bytes", "partitions.0", "sasl_extension_token"):
+            assert _upload_one(nifi, "service", _KAFKA3, {**base, name: "1"}) == [], name
+        assert _upload_one(nifi, "service", _KAFKA3, {**base, "Bootstrap Servers": "x"}) == [
+            "'Bootstrap Servers' validated against 'x' is invalid because must be a known Kafka client "
+            "configuration property or a SASL extension property"
+        ]
+        # ConfluentSchemaRegistry: only request.header.<name>
+        url = {"Schema Registry URLs": "https://r:8081"}
+        assert _upload_one(nifi, "service", _REGISTRY, {**url, "request.header.X-Key": "v"}) == []
+        assert _upload_one(nifi, "service", _REGISTRY, {**url, "request.header.": "v"}) == [
+            "'request.header.' validated against 'v' is invalid because Dynamic property names must be of "
+            "format 'request.header.*'"
+        ]
+        # InvokeHTTP: any name is a request header, but post:form names must be post:form:<NAME>
+        assert _upload_one(nifi, "processor", _INVOKE, {"X-Trace": "1", "post:form:file": "a"}) == []
+        assert _upload_one(nifi, "processor", _INVOKE, {"post:formfile": "x"}) == _unsupported(
+            "post:formfile"
+        )
+        # No dynamic properties at all
+        assert _upload_one(
+            nifi, "processor", "org.apache.nifi.processors.standard.ControlRate", {"Rate": "x"}
+        ) == _unsupported("Rate")
+    with NifiEmulator(version="2.3.0") as nifi:
+        # before NIFI-14271 (2.4.0) Kafka3ConnectionService had no dynamic properties
+        assert _upload_one(nifi, "service", _KAFKA3, {"fetch.max.bytes": "x"}) == _unsupported(
+            "fetch.max.bytes"
+        )
+
+
+def test_migrations_and_releases() -> None:
+    with NifiEmulator(version="2.11.0") as nifi:
+        # ConfluentSchemaRegistry renamed url in 2.7.0 and migrates it
+        assert _upload_one(nifi, "service", _REGISTRY, {"url": "https://r:8081"}) == []
+        # 1.x InvokeHTTP names are migrated in every 2.x
+        assert (
+            _upload_one(nifi, "processor", _INVOKE, {"Remote URL": "https://o", "Content-Type": "a/b"}) == []
+        )
+        # A shift transform takes an object; the chain format is a list
+        jolt = "org.apache.nifi.processors.jolt.JoltTransformRecord"
+        assert _upload_one(
+            nifi, "processor", jolt, {"Jolt Transform": "jolt-transform-shift", "Jolt Specification": "[]"}
+        ) == [
+            "'Jolt Specification' is invalid because Specification not valid: Shiftr expected a spec of Map "
+            "type, got ArrayList"
+        ]
+    with NifiEmulator(version="2.6.0") as nifi:
+        # before 2.7.0 the old names are the descriptors
+        assert _upload_one(nifi, "service", _REGISTRY, {"url": "https://r:8081"}) == []
+        assert _upload_one(nifi, "service", _REGISTRY, {"Schema Registry URLs": "x"}) == [
+            "'Schema Registry URLs' validated against 'x' is invalid because Dynamic property names must be "
+            "of format 'request.header.*'"
+        ]
