@@ -44,9 +44,11 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-#: What `echo $EVENT` (unquoted, OSCAR's job command) changes in any POSIX shell: word splitting
-#: joins words with one space, so runs of whitespace and tabs/newlines do not survive.
-_SHELL_MANGLED: Final = re.compile(r"\s\s|[\t\n\r\f\v]")
+#: What `echo $EVENT` (unquoted, OSCAR's job command) changes in every POSIX shell: field
+#: splitting on IFS and echo's single-space join turn a run of spaces into one. (Tabs, newlines
+#: and backslashes reach the shell as JSON escapes; only dash's echo rewrites those, so whether
+#: they survive depends on the image: a job that fails on them is retried and dead-lettered.)
+_SHELL_MANGLED: Final = re.compile("  ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +132,8 @@ def unstageable_reason(path: str, input_path: str, *, nested: bool = False) -> s
         )
     if _SHELL_MANGLED.search(path[len(input_path.rstrip("/")) + 1 :]):
         return (
-            f"{path!r} has a run of whitespace or a tab/newline in its name: OSCAR starts a job as "
-            "`echo $EVENT | supervisor` with $EVENT unquoted, so the shell rewrites the name and the "
+            f"{path} has a run of spaces in its name: OSCAR starts a job as `echo $EVENT | "
+            "supervisor` with $EVENT unquoted, so the shell turns them into one space and the "
             "supervisor fetches another file"
         )
     return (

@@ -108,23 +108,37 @@ def stageable_expression(input_path: str, *, nested: bool) -> str:
     The Kafka key is the file's full path (``StorageEvent.key``; ConsumeKafka puts it in
     ``kafka.key``), so the record is routed without being parsed and reaches the dead-letter topic
     as it came. ``matches`` is Java's whole-string ``Pattern.matches``; the same rule as
-    ``staged_name``: below ``<input path>/``, a non-empty name, no ``/`` in it unless ``nested``.
+    ``staged_name``: below ``<input path>/``, a non-empty name, no ``/`` in it unless ``nested``,
+    and no run of spaces (which OSCAR's ``echo $EVENT`` would collapse).
     """
     base = "".join("\\" + c if c in _REGEX_SPECIAL else c for c in input_path.rstrip("/"))
-    pattern = f"(?s){base}/.+" if nested else f"{base}/[^/]+"
+    pattern = f"(?s){base}/(?!.*  ).+" if nested else f"{base}/(?!.*  )[^/]+"
     return "${kafka.key:matches('" + pattern + "')}"
 
 
 def unstageable_error(input_path: str) -> str:
-    """UpdateAttribute's ``dcnios-error`` (Expression Language): ``unstageable_reason``'s text."""
+    """UpdateAttribute's ``dcnios-error`` (Expression Language): ``unstageable_reason``'s text.
+
+    Three fragments, exactly one non-empty: outside the input path, a run of spaces, or below a
+    sub-directory; each text follows ``${kafka.key}``, as the consumer's follows the path.
+    """
     base = input_path.rstrip("/")
-    nested_path, outside_path = base + "/", ""
-    below = unstageable_reason(nested_path, input_path).removeprefix(nested_path)
-    outside = unstageable_reason(outside_path, input_path)
-    for text in (below, outside):
+    regex = "".join("\\" + c if c in _REGEX_SPECIAL else c for c in base)
+    inside = base + "/x"
+    texts = {
+        "outside": unstageable_reason("", input_path),
+        "spaces": unstageable_reason(inside + "  y", input_path).removeprefix(inside + "  y"),
+        "below": unstageable_reason(inside + "/y", input_path).removeprefix(inside + "/y"),
+    }
+    for text in texts.values():
         # Double-quoted literals: the texts contain apostrophes, never a double quote or backslash.
-        assert '"' not in text and "\\" not in text, text
-    return "${kafka.key}${kafka.key:startsWith('" + base + "/'):ifElse(\"" + below + '", "' + outside + '")}'
+        assert '"' not in text and "\\" not in text and "${" not in text, text
+    return (
+        "${kafka.key}"
+        f"${{kafka.key:matches('(?s){regex}/.*'):ifElse('', \"{texts['outside']}\")}}"
+        f"${{kafka.key:matches('(?s){regex}/.*  .*'):ifElse(\"{texts['spaces']}\", '')}}"
+        f"${{kafka.key:matches('(?s){regex}/(?!.*  ).*'):ifElse(\"{texts['below']}\", '')}}"
+    )
 
 
 @dataclass(frozen=True)

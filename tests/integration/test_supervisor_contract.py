@@ -140,7 +140,7 @@ def test_a_record_payload_arrives_as_the_input_file(sandbox: Sandbox) -> None:
     ("path", "why"),
     [
         pytest.param("/data/in/run 1/a#b.txt", "below a sub-directory", id="nested"),
-        pytest.param("/data/in/two  spaces.txt", "run of whitespace", id="whitespace-run"),
+        pytest.param("/data/in/two  spaces.txt", "run of spaces", id="run-of-spaces"),
     ],
 )
 def test_names_the_supervisor_cannot_stage_are_never_sent(sandbox: Sandbox, path: str, why: str) -> None:
