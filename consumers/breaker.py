@@ -3,6 +3,10 @@
 A connection refused or a 5xx on most calls is not a fault of the records being invoked; without
 the breaker each of them would burn its ``max_attempts`` and the whole backlog would land in the
 DLQ during an outage. Pure state; the consumer probes ``GET /health`` while it is open.
+
+``/health`` answers without asking Kubernetes, so it passing does not prove that jobs can be
+created again: it only makes the breaker half-open. Calls go through then, but the first system
+failure opens it again at once (held, not counted); the first success closes it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class CircuitBreaker:
         self._recent: deque[bool] = deque(maxlen=WINDOW)  # True: a system failure
         self._run = 0
         self.is_open = False
+        self.half_open = False
         self.opened_at: float | None = None
         self.openings = 0
         self.reason = ""
@@ -38,6 +43,15 @@ class CircuitBreaker:
         with self._cond:
             self._recent.append(system_failure)
             self._run = self._run + 1 if system_failure else 0
+            if self.half_open:
+                self.half_open = False
+                if system_failure:
+                    self.is_open = True
+                    self.reason = error
+                    return True
+                self.opened_at = None
+                self._recent.clear()
+                return False
             if self.is_open or not system_failure:
                 return False
             share = sum(self._recent) / len(self._recent)
@@ -49,9 +63,17 @@ class CircuitBreaker:
                 return True
             return False
 
-    def close(self) -> None:
+    def probe_passed(self) -> None:
+        """``GET /health`` answered: let calls through, half-open, until one of them tells."""
         with self._cond:
             self.is_open = False
+            self.half_open = True
+            self._run = 0
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self.is_open = self.half_open = False
             self.opened_at = None
             self._run = 0
             self._recent.clear()

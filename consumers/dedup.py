@@ -1,4 +1,4 @@
-"""Drop records already invoked within a time window (producer replays after a crash).
+"""Drop records already finished within a time window (producer replays after a crash).
 
 The consumer asks ``finished`` at admission and calls ``remember`` only when a record's first copy
 has finished: a copy re-fetched after a revoke, while the stale one still sleeps in its backoff,
@@ -65,8 +65,3 @@ class DedupWindow:
             if now - at < self.seconds and len(self._seen) < self._max:
                 return
             del self._seen[oldest]
-
-    def forget(self, key: str) -> None:
-        """Undo ``first_time`` (the record will come again, e.g. after a revoke)."""
-        with self._lock:
-            self._seen.pop(key, None)

@@ -65,8 +65,9 @@ class JobEnd:
 @dataclass(slots=True)
 class _Followed:
     on_end: Callable[[JobEnd], None]
-    since: float
-    seen: bool = False
+    since: float  # monotonic: last seen in a listing, or followed
+    followed_at: float  # monotonic: when following began (the job deadline counts from here)
+    posted_at: float  # wall clock: about when the job was created
 
 
 class PendingJobsGate:
@@ -105,16 +106,26 @@ class PendingJobsGate:
             return True
 
     def release(self) -> None:
+        """The call made with the slot returned: its job may not be in the listing yet."""
         with self._cond:
             self._in_call -= 1
             self._completed.append(time.monotonic())
+
+    def cancel(self) -> None:
+        """Give the slot back without a call."""
+        with self._cond:
+            self._in_call -= 1
+            self._cond.notify_all()
 
 
 class JobWatch:
     """Polls every page of the job listing; resolves followed jobs and feeds the gate.
 
     ``missing_after``: a followed job absent from the listing that long (deleted, or never
-    created) ends as ``Missing``, which the record policy treats as a failed attempt.
+    created) ends as ``Missing``; ``deadline``: a job not ended that long after it was followed
+    ends as ``TimedOut`` and is deleted (a pod that never pulls its image, is never scheduled or
+    never admitted by Kueue stays Pending for good: with ``backoffLimit: 0`` the Job never fails).
+    The record policy treats both as a failed attempt.
     """
 
     def __init__(
@@ -124,17 +135,20 @@ class JobWatch:
         interval: float,
         gate: PendingJobsGate | None = None,
         missing_after: float = 300.0,
+        deadline: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.invoker = invoker
         self.interval = interval
         self.gate = gate
         self.missing_after = missing_after
+        self.deadline = deadline
         self._clock = clock
         self._lock = threading.Lock()
         # Several records can follow one job: a replayed copy finds its job "already exists".
         self._followed: dict[str, list[_Followed]] = {}
         self.last_error: str | None = None
+        self.failing_since: float | None = None  # monotonic: the listing has failed since then
         self.pages_read = 0
 
     @property
@@ -147,7 +161,8 @@ class JobWatch:
 
         Returns a function that cancels this one follower.
         """
-        follower = _Followed(on_end, self._clock())
+        now = self._clock()
+        follower = _Followed(on_end, now, now, time.time())
         with self._lock:
             self._followed.setdefault(name, []).append(follower)
 
@@ -193,31 +208,33 @@ class JobWatch:
         raise OscarError(f"GET /system/logs/{self.invoker.spec.service}: more than {_MAX_PAGES} pages")
 
     def poll_once(self) -> None:
-        started = time.monotonic()
+        # A paginated Kubernetes list is a snapshot of when it began: measure absence from then.
+        started = self._clock()
+        gate_started = time.monotonic()
         try:
             jobs = self.listing()
         except OscarError as exc:
             if self.last_error != str(exc):
                 logger.warning("job listing failed: %s", exc)
             self.last_error = str(exc)
+            self.failing_since = self.failing_since or started
             return
-        self.last_error = None
+        self.last_error = self.failing_since = None
         if self.gate is not None:
-            self.gate.observe(sum(1 for j in jobs.values() if j.get("status") in ACTIVE_STATES), started)
-        now = self._clock()
+            self.gate.observe(sum(1 for j in jobs.values() if j.get("status") in ACTIVE_STATES), gate_started)
         ended: list[tuple[list[_Followed], JobEnd]] = []
+        timed_out: list[str] = []
         with self._lock:
             for name, followers in list(self._followed.items()):
                 info = jobs.get(name)
+                posted = min(f.posted_at for f in followers)
                 if info is None:
-                    # Absence is measured from when the job was last seen (or first followed).
-                    if all(now - f.since >= self.missing_after for f in followers):
+                    if all(started - f.since >= self.missing_after for f in followers):
                         del self._followed[name]
-                        ended.append((followers, JobEnd(name, "Missing")))
+                        ended.append((followers, JobEnd(name, "Missing", posted)))
                     continue
                 for follower in followers:
-                    follower.seen = True
-                    follower.since = now
+                    follower.since = max(follower.since, started)
                 status = info.get("status")
                 if status in FINAL_STATES:
                     del self._followed[name]
@@ -227,23 +244,45 @@ class JobWatch:
                             JobEnd(
                                 name,
                                 str(status),
-                                parse_time(info.get("creation_time")),
+                                posted,  # OSCAR's creation_time is the pod's start (§3.3)
                                 parse_time(info.get("start_time")),
                                 parse_time(info.get("finish_time")),
                             ),
                         )
                     )
+                elif self.deadline is not None and all(
+                    started - f.followed_at >= self.deadline for f in followers
+                ):
+                    del self._followed[name]
+                    timed_out.append(name)
+                    ended.append((followers, JobEnd(name, "TimedOut", posted, log_tail=f"still {status}")))
+        for name in timed_out:
+            self._delete(name)
         for followers, found in ended:
-            end = found if found.succeeded else _with_log_tail(self.invoker, found)
+            end = (
+                found
+                if found.status in ("Succeeded", "Missing", "TimedOut")
+                else _with_log_tail(self.invoker, found)
+            )
             for follower in followers:
                 try:
                     follower.on_end(end)
                 except Exception:  # a callback bug must not stop the poller for every other job
                     logger.exception("job %s: handling its end failed", end.name)
 
+    def _delete(self, name: str) -> None:
+        """DELETE /system/logs/{service}/{job}: a retry must not race a late start of this one."""
+        try:
+            self.invoker.delete_job(name)
+        except OscarError as exc:
+            logger.warning("job %s passed its deadline and could not be deleted: %s", name, exc)
+
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            self.poll_once()
+            try:
+                self.poll_once()
+            except Exception:  # the poller must outlive any one bad listing
+                logger.exception("job listing poll failed")
             stop.wait(self.interval)
 
 

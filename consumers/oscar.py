@@ -172,6 +172,25 @@ class OscarInvoker:
             )
         return found.path
 
+    def delete_job(self, job: str) -> None:
+        """``DELETE /system/logs/{service}/{job}`` (§3): 204."""
+        headers, auth = self._system_auth()
+        call = f"DELETE /system/logs/{self.spec.service}/{job}"
+        try:
+            response = self.session.delete(
+                f"{self.base}/system/logs/{self.spec.service}/{job}",
+                headers=headers,
+                auth=auth,
+                timeout=(float(self.spec.connect_timeout), 30),
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            raise OscarError(
+                f"{call}: OSCAR unreachable at {self.base} ({type(exc).__name__})", call=call
+            ) from exc
+        if response.status_code not in (200, 204):
+            raise OscarError(f"{call}: HTTP {response.status_code}", status=response.status_code, call=call)
+
     def job_log(self, job: str) -> str:
         return self.system_get(f"logs/{self.spec.service}/{job}").text
 
@@ -227,15 +246,13 @@ class OscarInvoker:
             token, generation = self.token()
         except OscarError as exc:
             # Fetching the token is part of the call: OSCAR down at start is an outage, not a bug.
-            return Attempt(
-                False, exc.status, True, f"token fetch: {exc}", system=exc.status is None or exc.status >= 500
-            )
+            return _token_failure("token fetch", exc)
         attempt = self._post(body, headers, token)
         if attempt.status == 401:
             try:
                 refreshed = self.refresh_token(generation)
             except OscarError as exc:
-                return Attempt(False, exc.status, True, f"token refresh: {exc}", system=True)
+                return _token_failure("token refresh", exc)
             if refreshed:
                 token, _ = self.token()
                 attempt = self._post(body, headers, token)
@@ -290,6 +307,14 @@ class OscarInvoker:
                 system=status in _SYSTEM_STATUSES,
             )
         return Attempt(False, status, False, f"HTTP {status}: {text}".strip())
+
+
+def _token_failure(what: str, exc: OscarError) -> Attempt:
+    """OSCAR down (no answer, 5xx) is an outage; a 4xx (wrong credentials, no such service) is a
+    configuration error that no retry fixes."""
+    if exc.status is None or exc.status >= 500:
+        return Attempt(False, exc.status, True, f"{what}: {exc}", system=True)
+    return Attempt(False, exc.status, False, f"{what}: {exc}")
 
 
 def parse_time(value: Any) -> float | None:

@@ -32,6 +32,7 @@ __all__ = [
     "Follow",
     "Hold",
     "Prepared",
+    "Progress",
     "RecordPolicy",
     "Retry",
     "body_for",
@@ -96,6 +97,16 @@ Decision = Done | Retry | Follow | Hold | DeadLetter
 class Prepared:
     event: StorageEvent
     body: bytes
+
+
+@dataclass(slots=True)
+class Progress:
+    """Where one record is: ``attempt`` counts every try against ``retry.max_attempts``;
+    ``job_try`` numbers the job name, and moves only when a job ended without success, so a call
+    retried after a timeout asks for the same job again (OSCAR answers "already exists")."""
+
+    attempt: int = 1
+    job_try: int = 1
 
 
 def traceparent_for(event: StorageEvent) -> str:
@@ -178,10 +189,10 @@ class RecordPolicy:
             return DeadLetter("unstageable", unstageable_reason(event.path, self.input_path, nested=nested))
         return Prepared(event, body)
 
-    def job(self, event: StorageEvent, attempt: int) -> str | None:
+    def job(self, event: StorageEvent, job_try: int) -> str | None:
         if self.cs.oscar.job_id != "deterministic":
             return None
-        return job_name(event, self.cs.oscar.service, self.generation, attempt)
+        return job_name(event, self.cs.oscar.service, self.generation, job_try)
 
     def headers(self, event: StorageEvent, job: str | None) -> dict[str, str]:
         headers = {"traceparent": traceparent_for(event)}
@@ -216,9 +227,10 @@ class RecordPolicy:
     def after_job(self, end: JobEnd, number: int) -> Decision:
         if end.succeeded:
             return Done("succeeded")
-        error = f"job {end.name} {end.status}" + (
-            " (not in OSCAR's job listing)" if end.status == "Missing" else ""
-        )
+        error = f"job {end.name} {end.status}" + {
+            "Missing": " (not in OSCAR's job listing)",
+            "TimedOut": f" (not ended within oscar.job_timeout, {end.log_tail}; deleted)",
+        }.get(end.status, "")
         if number >= self.cs.retry.max_attempts:
             return DeadLetter("job-failed", error, None, end.log_tail)
         return Retry(number + 1, self.backoff(number), error)
@@ -230,23 +242,29 @@ def call_until_decided(
     breaker: CircuitBreaker,
     prepared: Prepared,
     *,
-    number: int,
+    progress: Progress,
     stop: threading.Event,
     wait_turn: Callable[[], bool],
+    release_turn: Callable[[], None] = lambda: None,
     on_attempt: Callable[[Attempt, float], None] | None = None,
     stale: Callable[[], bool] = lambda: False,
-) -> tuple[Decision | None, int]:
-    """Call OSCAR from attempt ``number`` until Done, Follow or DeadLetter; None when stopped.
+) -> Decision | None:
+    """Call OSCAR until Done, Follow or DeadLetter; None when stopped or revoked first.
 
-    Returns the decision and the attempt number it was made at. Retries sleep here; a Hold waits
-    for the breaker to close and repeats the same attempt number.
+    Retries sleep here; a Hold waits for the breaker and repeats the same attempt. Every
+    ``wait_turn()`` that returned True is matched by one ``release_turn()``, whatever happens.
     """
     while not stop.is_set() and not stale():
         if not breaker.wait_closed(stop) or not wait_turn():
-            return None, number
-        job = policy.job(prepared.event, number)
-        started = time.perf_counter()
-        attempt = invoker.invoke(prepared.body, policy.headers(prepared.event, job))
+            return None
+        try:
+            if stale():  # revoked while waiting for a turn: the partition's new owner calls it
+                return None
+            job = policy.job(prepared.event, progress.job_try)
+            started = time.perf_counter()
+            attempt = invoker.invoke(prepared.body, policy.headers(prepared.event, job))
+        finally:
+            release_turn()
         if on_attempt is not None:
             on_attempt(attempt, time.perf_counter() - started)
         if breaker.record(attempt.system, attempt.error):
@@ -255,7 +273,7 @@ def call_until_decided(
                 invoker.base,
                 attempt.error,
             )
-        decision = policy.after_call(attempt, number, breaker_open=breaker.is_open, job=job)
+        decision = policy.after_call(attempt, progress.attempt, breaker_open=breaker.is_open, job=job)
         if isinstance(decision, Hold):
             continue
         if isinstance(decision, Retry):
@@ -264,16 +282,16 @@ def call_until_decided(
                 policy.cs.name,
                 prepared.event.path,
                 decision.error,
-                number,
+                progress.attempt,
                 policy.cs.retry.max_attempts,
                 decision.delay,
             )
-            number = decision.attempt
+            progress.attempt = decision.attempt
             if not wait_unless(decision.delay, stop, stale):
-                return None, number
+                return None
             continue
-        return decision, number
-    return None, number
+        return decision
+    return None
 
 
 def wait_unless(seconds: float, stop: threading.Event, stale: Callable[[], bool]) -> bool:
@@ -300,10 +318,10 @@ def run_record(
     prepared = policy.prepare(event)
     if isinstance(prepared, DeadLetter):
         return prepared
-    number = 1
+    progress = Progress()
     while True:
-        decision, number = call_until_decided(
-            policy, invoker, breaker, prepared, number=number, stop=stop, wait_turn=wait_turn
+        decision = call_until_decided(
+            policy, invoker, breaker, prepared, progress=progress, stop=stop, wait_turn=wait_turn
         )
         if not isinstance(decision, Follow):
             return decision
@@ -311,10 +329,10 @@ def run_record(
         end = watch.wait(decision.job, stop)
         if end is None:
             return None
-        after = policy.after_job(end, number)
+        after = policy.after_job(end, progress.attempt)
         if not isinstance(after, Retry):
             return after
         logger.warning("%s: %s: %s; attempt %d", policy.cs.name, event.path, after.error, after.attempt)
-        number = after.attempt
+        progress.attempt, progress.job_try = after.attempt, progress.job_try + 1
         if stop.wait(after.delay):
             return None

@@ -63,7 +63,8 @@ class Replayer:
     ) -> None:
         self.cs = cs
         self.invoker = invoker or OscarInvoker(cs.oscar, cs.concurrency)
-        self.generation = generation if generation is not None else int(time.time())
+        # Nanoseconds: two replays started in the same second must not share job names.
+        self.generation = generation if generation is not None else time.time_ns()
         self.policy = RecordPolicy(
             cs,
             input_path=self.invoker.input_path() if cs.payload == "dcache" else None,
@@ -74,7 +75,11 @@ class Replayer:
         self._stop_watch = threading.Event()
         self.watch: JobWatch | None = None
         if cs.oscar.tracking:
-            self.watch = JobWatch(self.invoker, interval=float(cs.oscar.pending_poll_interval))
+            self.watch = JobWatch(
+                self.invoker,
+                interval=float(cs.oscar.pending_poll_interval),
+                deadline=float(cs.oscar.job_timeout),
+            )
             threading.Thread(target=self.watch.run, args=(self._stop_watch,), daemon=True).start()
         self._probe = threading.Thread(target=self._probe_health, daemon=True)
         self._probe.start()
@@ -90,10 +95,10 @@ class Replayer:
         while not self._stop_watch.wait(0.2 if not self.breaker.is_open else delay):
             if self.breaker.is_open:
                 if self.invoker.healthy():
-                    self.breaker.close()
-                    delay = 1.0
-                else:
-                    delay = min(delay * 2, float(self.cs.oscar.health_probe_max))
+                    self.breaker.probe_passed()
+                delay = min(delay * 2, float(self.cs.oscar.health_probe_max))
+            elif not self.breaker.half_open:
+                delay = 1.0
 
 
 def _start_offsets(consumer: Consumer, topic: str, partitions: list[int], start_ms: int) -> dict[int, int]:

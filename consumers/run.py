@@ -1,9 +1,11 @@
 """One member of a consumer group: Kafka records in, OSCAR invocations out.
 
 Delivery guarantee: at least once. A partition's committed offset never passes a record that is
-not finished, where finished means invoked successfully, sent to the DLQ (acknowledged), filtered
-out, or dropped as a duplicate. Records with the same key (path) are invoked in order; different
-keys run in parallel, up to ``concurrency`` at a time. The group's rate is shared between members
+not finished, where finished means invoked successfully (with job tracking: its job Succeeded),
+sent to the DLQ (acknowledged), filtered out, or dropped as a duplicate of a finished copy. What
+to send and what to do after each call or job is decided by ``RecordPolicy`` (record.py).
+Records with the same key (path) are invoked in order; different keys run in parallel, up to
+``concurrency`` at a time. The group's rate is shared between members
 in proportion to their partitions, and ``dcnios rate|pause|resume`` change it at runtime.
 """
 
@@ -31,7 +33,7 @@ from dcnios.consumers.record import (
     Decision,
     Done,
     Follow,
-    Prepared,
+    Progress,
     RecordPolicy,
     Retry,
     call_until_decided,
@@ -67,6 +69,7 @@ class _Work:
     generation: int
     first_attempt_ms: int = 0
     attempts: int = 0
+    progress: Progress = field(default_factory=Progress)
 
 
 @dataclass(slots=True)
@@ -102,7 +105,12 @@ class ConsumerRunner:
         )
         self.tracking = consumer.oscar.tracking
         self.watch = (
-            JobWatch(self.invoker, interval=float(consumer.oscar.pending_poll_interval), gate=self.gate)
+            JobWatch(
+                self.invoker,
+                interval=float(consumer.oscar.pending_poll_interval),
+                gate=self.gate,
+                deadline=float(consumer.oscar.job_timeout) if self.tracking else None,
+            )
             if self.tracking or self.gate is not None
             else None
         )
@@ -377,21 +385,21 @@ class ConsumerRunner:
     def _stale(self, work: _Work) -> bool:
         return self._generation.get((work.msg.topic() or "", work.msg.partition() or 0)) != work.generation
 
-    def _process(self, work: _Work, number: int = 1) -> None:
+    def _process(self, work: _Work) -> None:
         key = (work.msg.topic() or "", work.msg.partition() or 0)
         with self._lock:
             if self._stale(work):
                 return
             self._active[key] = self._active.get(key, 0) + 1
         try:
-            self._invoke_with_retries(work, number)
+            self._invoke_with_retries(work)
         finally:
             with self._lock:
                 self._active[key] -= 1
 
-    def _invoke_with_retries(self, work: _Work, number: int = 1) -> None:
+    def _invoke_with_retries(self, work: _Work) -> None:
         assert self.policy is not None
-        if number == 1 and self.dedup.finished(dedup_key(work.event)):
+        if work.progress.attempt == 1 and self.dedup.finished(dedup_key(work.event)):
             # A copy that queued behind its first copy (same key), which has finished since.
             self._skip(work.msg, "duplicate")
             return
@@ -399,16 +407,17 @@ class ConsumerRunner:
             work.first_attempt_ms = now_millis()
         prepared = self.policy.prepare(work.event)
         if isinstance(prepared, DeadLetter):
-            self._settle(work, prepared, number)
+            self._settle(work, prepared)
             return
-        decision, number = call_until_decided(
+        decision = call_until_decided(
             self.policy,
             self.invoker,
             self.breaker,
             prepared,
-            number=number,
+            progress=work.progress,
             stop=self.stop,
             wait_turn=self._wait_for_turn,
+            release_turn=self._release_turn,
             on_attempt=functools.partial(self._attempted, work),
             stale=lambda: self._stale(work),
         )
@@ -417,14 +426,12 @@ class ConsumerRunner:
             return
         if isinstance(decision, Follow):
             assert self.watch is not None
-            self.watch.follow(decision.job, functools.partial(self._job_ended, work, prepared, number))
+            self.watch.follow(decision.job, functools.partial(self._job_ended, work))
             self._m["followed_jobs"].set(self.watch.following)
             return
-        self._settle(work, decision, number)
+        self._settle(work, decision)
 
     def _attempted(self, work: _Work, attempt: Attempt, seconds: float) -> None:
-        if self.gate is not None:
-            self.gate.release()
         work.attempts += 1
         self._m["latency"].observe(seconds)
         label = str(attempt.status) if attempt.status is not None else "error"
@@ -433,10 +440,12 @@ class ConsumerRunner:
         if not attempt.ok and attempt.retryable:
             self._m["retries"].inc()
 
-    def _job_ended(self, work: _Work, prepared: Prepared, number: int, end: JobEnd) -> None:
-        """From the job poller: the record's job has ended (or vanished)."""
+    def _job_ended(self, work: _Work, end: JobEnd) -> None:
+        """From the job poller: the record's job has ended (or vanished, or timed out)."""
         assert self.policy is not None and self.watch is not None
         self._m["followed_jobs"].set(self.watch.following)
+        if self._stale(work):
+            return  # the partition's new owner follows the same job and counts it
         self.metrics.jobs.labels(self.cs.name, end.status).inc()
         if end.created is not None and end.started is not None:
             self._m["job_queue"].observe(max(0.0, end.started - end.created))
@@ -444,9 +453,7 @@ class ConsumerRunner:
             self._m["job_run"].observe(max(0.0, end.finished - end.started))
         if end.finished is not None:
             self._m["job_end_to_end"].observe(max(0.0, end.finished - work.event.observed_at / 1000))
-        if self._stale(work):
-            return
-        decision = self.policy.after_job(end, number)
+        decision = self.policy.after_job(end, work.progress.attempt)
         if isinstance(decision, Retry):
             logger.warning(
                 "%s: %s: %s; attempt %d/%d in %.2fs",
@@ -459,14 +466,18 @@ class ConsumerRunner:
             )
             self._pool.submit(self._retry_job, work, decision)
             return
-        self._pool.submit(self._settle, work, decision, number)
+        self._pool.submit(self._settle, work, decision)
 
     def _retry_job(self, work: _Work, decision: Retry) -> None:
         if not wait_unless(decision.delay, self.stop, lambda: self._stale(work)):
             return
-        self._process(work, decision.attempt)
+        work.progress.attempt = decision.attempt
+        work.progress.job_try += 1  # the job ended without success: the next one needs a new name
+        self._process(work)
 
-    def _settle(self, work: _Work, decision: Decision, number: int) -> None:
+    def _settle(self, work: _Work, decision: Decision) -> None:
+        if self._stale(work):
+            return  # revoked meanwhile: the partition's new owner decides again
         if isinstance(decision, Done):
             self._finished(work.msg, work.event)
             return
@@ -476,7 +487,7 @@ class ConsumerRunner:
             self.cs.name,
             _where(work.msg),
             work.event.path,
-            number,
+            work.attempts,
             decision.error,
         )
         if self._dead_letter(
@@ -491,11 +502,17 @@ class ConsumerRunner:
             self.dedup.remember(dedup_key(work.event))
 
     def _probe_health(self) -> None:
-        """While the breaker is open: probe GET /health with backoff, then let calls through."""
+        """While the breaker is open: probe GET /health with backoff, then let calls through.
+
+        The delay keeps growing across re-openings and starts again only once a call succeeded
+        (the breaker closed), so a cluster whose /health passes while jobs fail is not hammered.
+        """
         delay = 1.0
         while not self._poller_stop.is_set():
             if not self.breaker.is_open:
-                delay = 1.0
+                if not self.breaker.half_open:
+                    delay = 1.0
+                    self._m["oscar_down"].set(0)
                 self._poller_stop.wait(0.2)
                 continue
             self._m["oscar_down"].set(1)
@@ -503,13 +520,15 @@ class ConsumerRunner:
                 return
             if self.invoker.healthy():
                 down = time.monotonic() - (self.breaker.opened_at or time.monotonic())
-                logger.warning("%s: OSCAR answers again after %.0fs; resuming", self.cs.name, down)
-                self.breaker.close()
-                self._m["oscar_down"].set(0)
-            else:
-                delay = min(delay * 2, float(self.cs.oscar.health_probe_max))
+                logger.warning(
+                    "%s: OSCAR's /health answers after %.0fs; trying calls again", self.cs.name, down
+                )
+                self.breaker.probe_passed()
+            delay = min(delay * 2, float(self.cs.oscar.health_probe_max))
 
     def _wait_for_turn(self) -> bool:
+        """Pause, the max_pending_jobs gate, then the rate; True holds a gate slot until
+        ``_release_turn``."""
         while self.control.paused:
             if self.stop.wait(0.1):
                 return False
@@ -518,8 +537,12 @@ class ConsumerRunner:
         if self.limiter.acquire(self.stop):
             return True
         if self.gate is not None:
-            self.gate.release()
+            self.gate.cancel()
         return False
+
+    def _release_turn(self) -> None:
+        if self.gate is not None:
+            self.gate.release()
 
     def _finished(self, msg: Message, event: StorageEvent) -> None:
         self.dedup.remember(dedup_key(event))

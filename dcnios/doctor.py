@@ -6,6 +6,7 @@ checked, what was found, and, when it failed, what to do about it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -79,6 +80,8 @@ def _consumer(spec: PipelineSpec, cs: ConsumerSpec) -> Iterator[Finding]:
         )
         return
     yield Finding("ok", subject, f"OSCAR answers at {oscar.endpoint}")
+    if oscar.mode == "async" and oscar.job_id == "deterministic":
+        yield from _version(invoker, subject)
     definition = None
     if oscar.username is not None or oscar.oidc_token is not None:
         try:
@@ -104,6 +107,31 @@ def _consumer(spec: PipelineSpec, cs: ConsumerSpec) -> Iterator[Finding]:
             "jobs are not followed: a 201 (the Job object exists) counts as done",
             "set job_id: deterministic (OSCAR >= 4.1) with username/password",
         )
+
+
+def _version(invoker: OscarInvoker, subject: str) -> Iterator[Finding]:
+    """X-Delegated-Job-ID names the job from OSCAR 4.1 on (oscar-api.md §0); older versions
+    ignore it, so deterministic ids (and the jobs tracking follows) would not exist."""
+    if invoker.spec.username is None and invoker.spec.oidc_token is None:
+        return
+    try:
+        version = str(invoker.system_get("info").json().get("version", ""))
+    except (OscarError, ValueError) as exc:
+        yield Finding("warn", subject, f"cannot read OSCAR's version: {exc}")
+        return
+    found = re.match(r"v?(\d+)(?:\.(\d+))?", version)
+    if found is None:
+        yield Finding("warn", subject, f"OSCAR reports version {version!r}; job_id: deterministic needs 4.1")
+        return
+    if (int(found.group(1)), int(found.group(2) or 0)) < (4, 1):
+        yield Finding(
+            "fail",
+            subject,
+            f"OSCAR {version} ignores X-Delegated-Job-ID (4.1 and later honour it)",
+            "upgrade OSCAR, or set job_id: random (jobs are then not followed)",
+        )
+    else:
+        yield Finding("ok", subject, f"OSCAR {version} names jobs after X-Delegated-Job-ID")
 
 
 def _token(invoker: OscarInvoker, subject: str) -> Iterator[Finding]:
@@ -167,22 +195,33 @@ def _input(
     if input_path is None:
         return
     yield Finding("ok", subject, f"the service stages dCache files from {input_path}")
+    nested = cs.oscar.nested_names
     for source in spec.sources:
         if cs.topic not in {source.topic, *(r.topic for r in source.routes)}:
             continue
         for path in source.paths:
             probe = f"{path.rstrip('/')}/x"
-            if staged_name(probe, input_path) is not None and not source.recursive:
-                yield Finding("ok", subject, f"files in {path} (source {source.name}) can be staged")
-            elif staged_name(probe, input_path, nested=True) is not None:
+            deeper = f"{path.rstrip('/')}/d/x"
+            direct = staged_name(probe, input_path, nested=nested) is not None
+            if not direct and staged_name(probe, input_path, nested=True) is not None:
+                yield Finding(
+                    "fail",
+                    subject,
+                    f"source {source.name} watches {path}, a sub-directory of {input_path}: every one "
+                    "of its files goes to the DLQ (OSCAR's supervisor cannot stage nested names)",
+                    "make the service's webdav.dcache input path the watched directory",
+                )
+            elif direct and source.recursive and staged_name(deeper, input_path, nested=nested) is None:
                 yield Finding(
                     "warn",
                     subject,
-                    f"source {source.name} watches {path}"
-                    f"{' recursively' if source.recursive else ''}: files below sub-directories "
-                    f"of {input_path} go to the DLQ (OSCAR's supervisor cannot stage them)",
-                    "point the service's input at each watched directory, or use payload: record",
+                    f"source {source.name} watches {path} recursively: files below its sub-directories "
+                    "go to the DLQ (OSCAR's supervisor cannot stage them)",
+                    "point a service's input at each watched directory, use payload: record, or set "
+                    "oscar.nested_names for a supervisor that stages nested names",
                 )
+            elif direct:
+                yield Finding("ok", subject, f"files in {path} (source {source.name}) can be staged")
             else:
                 yield Finding(
                     "fail",
@@ -204,13 +243,4 @@ def _listing(invoker: OscarInvoker, cs: ConsumerSpec, subject: str) -> Iterator[
             "track_jobs and max_pending_jobs need GET /system/logs with cluster username/password",
         )
         return
-    if cs.oscar.username is None:
-        yield Finding(
-            "warn",
-            subject,
-            "jobs are listed with an OIDC token: OSCAR lists only that owner's "
-            "jobs, and jobs posted with the service token carry no owner",
-            "use cluster username/password for tracking and max_pending_jobs",
-        )
-    else:
-        yield Finding("ok", subject, "the job listing is readable (tracking, max_pending_jobs)")
+    yield Finding("ok", subject, "the job listing is readable (tracking, max_pending_jobs)")

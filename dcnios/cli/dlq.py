@@ -12,12 +12,16 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from dcnios.cli._common import EXIT_FAILURE, EXIT_OK, StopFlag, add_common, consumer_arg, load_spec_arg
 from dcnios.codec import StorageEventCodec
 from dcnios.consumers.oscar import OscarInvoker
-from dcnios.consumers.record import DeadLetter, Done
+from dcnios.consumers.record import DeadLetter
 from dcnios.consumers.replay import Replayer
 from dcnios.errors import CodecError, KafkaError
 from dcnios.kafka import consumer_config
 
 __all__ = ["register"]
+
+#: Dead-letter reasons that a replay cannot change: the file cannot be staged, or the endpoint
+#: redirects. They are reported and stepped over.
+_PERMANENT = frozenset({"unstageable", "config"})
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +56,7 @@ def run_replay(args: argparse.Namespace) -> int:
     replayer = Replayer(cs, OscarInvoker(cs.oscar, 1))
     consumer = Consumer(consumer_config(spec.kafka, f"{cs.group}-dlq-replay", **cs.librdkafka))
     _assign_from_committed(consumer, cs.dead_letter_topic)
-    replayed = skipped = 0
+    replayed = skipped = unstageable = 0
     last = time.monotonic()
     try:
         while not stop.is_set() and (args.max is None or replayed < args.max):
@@ -73,11 +77,18 @@ def run_replay(args: argparse.Namespace) -> int:
                 _commit(consumer, msg)
                 continue
             decision = replayer.run(event, stop.event)
+            last = time.monotonic()
             if decision is None:
                 break  # stopped: this dead letter stays uncommitted
-            if not isinstance(decision, Done):
-                error = decision.error if isinstance(decision, DeadLetter) else str(decision)
-                sys.stderr.write(f"OscarError: {where} ({event.path}) failed again: {error}\n")
+            if isinstance(decision, DeadLetter) and decision.reason in _PERMANENT:
+                # No retry can stage this file or fix the endpoint: step over it, or every later
+                # run would stop here.
+                logger.warning("%s (%s): skipped, %s: %s", where, event.path, decision.reason, decision.error)
+                unstageable += 1
+                _commit(consumer, msg)
+                continue
+            if isinstance(decision, DeadLetter):
+                sys.stderr.write(f"OscarError: {where} ({event.path}) failed again: {decision.error}\n")
                 return EXIT_FAILURE
             _commit(consumer, msg)
             replayed += 1
@@ -86,7 +97,10 @@ def run_replay(args: argparse.Namespace) -> int:
         replayer.close()
         consumer.close()
     sys.stderr.write("\n")
-    sys.stdout.write(f"{args.name}: replayed {replayed} dead letters; {skipped} poison records skipped\n")
+    sys.stdout.write(
+        f"{args.name}: replayed {replayed} dead letters; {skipped} poison records and "
+        f"{unstageable} that cannot be staged or sent (unstageable, config) skipped\n"
+    )
     return EXIT_OK
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import errno
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -96,7 +98,9 @@ def _run_dcache(args: argparse.Namespace) -> int:
     root = os.path.abspath(args.root)
     if not os.path.isdir(root):
         raise ConfigError(f"--root: directory not found: {root}")
-    pki = make_pki(Path(tempfile.mkdtemp(prefix="dcnios-door-")), "127.0.0.1")
+    pki_dir = tempfile.mkdtemp(prefix="dcnios-door-")
+    atexit.register(shutil.rmtree, pki_dir, ignore_errors=True)
+    pki = make_pki(Path(pki_dir), "127.0.0.1")
     try:
         emulator = DCacheEmulator(
             {args.user: _password()},

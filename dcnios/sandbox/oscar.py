@@ -338,6 +338,14 @@ def _make_handler(emu: OscarEmulator) -> type[BaseHTTPRequestHandler]:
                 if parts[0] == "services" and len(parts) == 1 and method == "GET":
                     self._json(200, [s.definition for s in emu.services.values()])
                     return 200
+                if parts[0] == "logs" and len(parts) == 3 and method == "DELETE":
+                    # DELETE /system/logs/{service}/{job} (§3): 204, 404 for an unknown job.
+                    service = emu.services.get(parts[1])
+                    if service is None or service.jobs.pop(parts[2], None) is None:
+                        self._send(404)
+                        return 404
+                    self._send(204)
+                    return 204
                 if parts[0] == "logs" and len(parts) == 3 and method == "GET":
                     service = emu.services.get(parts[1])
                     job = service.jobs.get(parts[2]) if service is not None else None

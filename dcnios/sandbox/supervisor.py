@@ -27,6 +27,7 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -181,22 +182,31 @@ class JobRunner:
             if self.webdav is not None:
                 env["REQUESTS_CA_BUNDLE"] = self.webdav.ca_bundle
             supervisor = shlex.join([sys.executable, "-m", "faassupervisor.supervisor"])
+            # Its own session: a timeout kills the shell, the supervisor and the script together,
+            # as Kubernetes kills the pod, instead of orphaning them in a deleted directory.
+            process = subprocess.Popen(  # noqa: S603 - OSCAR's own command line, our interpreter
+                ["/bin/sh", "-c", f"echo $EVENT | {supervisor}"],
+                env=env,
+                cwd=job_dir,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
             try:
-                done = subprocess.run(  # noqa: S603 - OSCAR's own command line, our interpreter
-                    ["/bin/sh", "-c", f"echo $EVENT | {supervisor}"],
-                    env=env,
-                    cwd=job_dir,
-                    capture_output=True,
-                    timeout=self.timeout,
-                    check=False,
-                )
+                out, err = process.communicate(timeout=self.timeout)
             except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.communicate()
                 return False, f"job timed out after {self.timeout:g} s\n"
-            log = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
-            if done.returncode != 0:
-                return False, log + f"supervisor exited with status {done.returncode}\n"
+            log = out.decode(errors="replace") + err.decode(errors="replace")
+            if process.returncode != 0:
+                return False, log + f"supervisor exited with status {process.returncode}\n"
             self._script_status(job, service, job_dir)
-            self._collect(job.service, os.path.join(job_dir, "output"))
+            try:
+                self._collect(job.service, os.path.join(job_dir, "output"))
+            except OSError as exc:  # the sandbox's own problem: the job itself succeeded
+                logger.warning("%s: outputs not collected: %s", job.name, exc)
+                log += f"sandbox: outputs not collected: {exc}\n"
             return True, log
 
     def _script_status(self, job: Job, service: ScriptService, job_dir: str) -> None:

@@ -312,6 +312,12 @@ class OscarSpec:
         doc="follow each job to Succeeded/Failed before committing (needs job_id: deterministic and "
         "username/password); absent: on when both are given",
     )
+    job_timeout: Duration = spec_field(
+        Duration(6 * 3600),
+        doc="tracking: a job not ended this long after its call counts as failed and is deleted "
+        "(a pod that never pulls its image or is never scheduled stays Pending for good)",
+        check=_positive,
+    )
     health_probe_max: Duration = spec_field(
         Duration(60), doc="largest delay between /health probes while OSCAR is down", check=_positive
     )

@@ -57,6 +57,7 @@ def test_a_healthy_spec_passes_every_check(
         "ok   consumer svc: the service token is accepted",
         "ok   consumer svc: the service stages dCache files from /data/in",
         "ok   consumer svc: files in /data/in (source src) can be staged",
+        "ok   consumer svc: OSCAR v4.1 names jobs after X-Delegated-Job-ID",
         "ok   consumer svc: the job listing is readable",
         "all checks passed",
     ):
@@ -80,7 +81,9 @@ def test_each_failure_names_a_fix(
     assert "FAIL source src: cannot list /data/missing" in out
     assert "FAIL consumer svc: OSCAR refuses the service token (401)" in out
     assert "fix: copy the token again" in out
-    assert "WARN consumer svc: source src watches /data/in recursively: files below sub-directories" in out
+    assert (
+        "WARN consumer svc: source src watches /data/in recursively: files below its sub-directories" in out
+    )
     assert "WARN consumer svc: jobs are not followed" in out
     assert "FAIL consumer svc: source src watches /data/missing, outside /data/in" in out
     assert "3 check(s) failed" in out
@@ -115,3 +118,23 @@ def test_a_service_without_a_dcache_input_and_a_wrong_login(
     assert (
         f"FAIL consumer svc: OSCAR at {oscar.endpoint} does not answer GET /health" in capsys.readouterr().out
     )
+
+
+def test_a_sub_directory_watch_and_an_old_oscar_fail(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with DCacheEmulator() as dcache, OscarEmulator(version="3") as oscar:
+        dcache.mkdir("/data/in")
+        dcache.mkdir("/data/in/raw")
+        oscar.add_service("grayify", input_path="/data/in")
+        spec = _spec(
+            tmp_path,
+            dcache.endpoint,
+            oscar.endpoint,
+            source="paths: [/data/in/raw]",
+            consumer="username: oscar, password: oscar123, job_id: deterministic",
+        )
+        assert dcnios_main(["doctor", "-c", spec]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL consumer svc: OSCAR v3 ignores X-Delegated-Job-ID" in out
+    assert "FAIL consumer svc: source src watches /data/in/raw, a sub-directory of /data/in" in out

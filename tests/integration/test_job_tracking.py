@@ -95,6 +95,63 @@ def test_a_failed_job_runs_again_under_a_new_name_then_goes_to_the_dlq_with_its_
     assert running.runner.metrics.jobs.labels("svc", "Failed")._value.get() == 2
 
 
+def test_a_call_retried_after_an_error_asks_for_the_same_job(
+    bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    """A 502 may come after OSCAR created the job: the retry must name the same job, so OSCAR
+    answers "already exists" instead of creating a second one. Only a job that ended without
+    success gets a new name."""
+    prefix = unique("t")
+    spec = consumer_spec(tmp_path, bootstrap, oscar.endpoint, prefix, oscar_extra=TRACKED, extra=FAST_RETRY)
+    failed_once: set[str] = set()
+
+    def first_call_fails(call: Any) -> int | None:
+        name = call.headers.get("X-Delegated-Job-ID", "")
+        if name in failed_once:
+            return None
+        failed_once.add(name)
+        return 502
+
+    oscar.fault = first_call_fails
+    oscar.job_duration = 0.0
+    produce(bootstrap, f"{prefix}.events", [event(1)])
+    running = start(spec)
+    try:
+        wait_for(lambda: _total(bootstrap, prefix) == 1, 60)
+    finally:
+        running.halt()
+    assert [j.name for j in oscar.jobs("grayify")] == [job_name(event(1), "grayify")]
+    assert running.runner.metrics.dlq.labels("svc", "failed")._value.get() == 0
+
+
+def test_a_job_that_never_ends_is_deleted_and_run_again(
+    bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    """A pod that never pulls its image stays Pending for good (backoffLimit 0: the Job never
+    fails). Past oscar.job_timeout the job is deleted and counts as a failed attempt."""
+    prefix = unique("t")
+    spec = consumer_spec(
+        tmp_path,
+        bootstrap,
+        oscar.endpoint,
+        prefix,
+        oscar_extra=TRACKED + ", job_timeout: 1s",
+        extra=FAST_RETRY,
+    )
+    produce(bootstrap, f"{prefix}.events", [event(1)])
+    running = start(spec)
+    try:
+        [(_value, headers)] = dlq_raw(bootstrap, f"{prefix}.events.dlq", 1, timeout=60)
+    finally:
+        running.halt()
+    first = job_name(event(1), "grayify")
+    assert headers["dcnios-reason"] == b"job-failed"
+    assert headers["dcnios-error"].startswith(f"job {first}-a2 TimedOut (not ended within".encode())
+    assert oscar.jobs("grayify") == []  # both were deleted
+    assert len(oscar.job_calls("grayify")) == 2
+    assert running.runner.metrics.jobs.labels("svc", "TimedOut")._value.get() == 2
+
+
 def test_a_restart_follows_its_jobs_instead_of_creating_them_again(
     bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
 ) -> None:

@@ -89,8 +89,6 @@ def test_dedup_window_expires() -> None:
     assert window.first_time("a") and not window.first_time("a")
     clock.now += 11
     assert window.first_time("a")
-    window.forget("a")
-    assert window.first_time("a")
     assert DedupWindow(0, clock).first_time("x") and DedupWindow(0, clock).first_time("x")
 
 
@@ -219,6 +217,21 @@ def test_circuit_breaker_opens_on_a_run_or_a_majority_of_system_failures() -> No
     stop = threading.Event()
     stop.set()
     assert mixed.wait_closed(stop) is False
+
+
+def test_the_breaker_is_half_open_after_a_passing_probe() -> None:
+    breaker = CircuitBreaker()
+    for _ in range(5):
+        breaker.record(True)
+    assert breaker.is_open
+    breaker.probe_passed()  # /health answers: calls may go through again
+    assert not breaker.is_open and breaker.half_open
+    assert breaker.record(True, "500 from Kubernetes")  # the first failure re-opens at once
+    assert breaker.is_open and breaker.reason == "500 from Kubernetes"
+    breaker.probe_passed()
+    assert breaker.record(False) is False  # the first success closes it
+    assert not breaker.is_open and not breaker.half_open
+    assert not any(breaker.record(True) for _ in range(4))  # closed: a run of five again
 
 
 def test_payloads_and_traceparent() -> None:
