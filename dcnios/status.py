@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from dcnios.consumers.oscar import OscarInvoker
 from dcnios.errors import KafkaError
 from dcnios.kafka import LatchedProducer, admin_client, consumer_config, producer_config
 from dcnios.spec import KafkaSpec, PipelineSpec
@@ -67,6 +68,8 @@ class ConsumerStatus:
     dead_letter_topic: str
     dlq_depth: int
     nifi: bool = False
+    #: GET /health of the consumer's OSCAR: what its circuit breaker probes before calls resume.
+    oscar: str = "-"
     notes: list[str] = field(default_factory=list)
 
 
@@ -250,6 +253,7 @@ def _consumer_statuses(spec: PipelineSpec) -> list[ConsumerStatus]:
                 dead_letter_topic=cs.dead_letter_topic,
                 dlq_depth=sum(end - low for low, end in dlq.values()),
                 nifi=cs.name in nifi,
+                oscar="up" if OscarInvoker(cs.oscar, 1).healthy() else "down (GET /health fails)",
                 notes=notes,
             )
         )

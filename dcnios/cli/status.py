@@ -65,7 +65,7 @@ def _print_tables(status: dict[str, Any]) -> None:
             f"{gap.get('reason')} {gap.get('directories')}" if gap else "-",
         )
     consumers = Table(title="consumers", title_justify="left")
-    for col in ("consumer", "group", "members", "lag", "lag by partition", "rate", "paused", "DLQ"):
+    for col in ("consumer", "group", "members", "lag", "lag by partition", "rate", "paused", "OSCAR", "DLQ"):
         consumers.add_column(col)
     notes = []
     for c in status["consumers"]:
@@ -78,6 +78,7 @@ def _print_tables(status: dict[str, Any]) -> None:
             by_partition or "-",
             f"{c['rate']} ({c['rate_source']})",
             "yes" if c["paused"] else "no",
+            c["oscar"],
             f"{c['dlq_depth']} in {c['dead_letter_topic']}",
         )
         notes += [f"{c['name']}: {n}" for n in c["notes"]]

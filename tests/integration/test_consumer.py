@@ -532,7 +532,8 @@ def test_dlq_replay_sends_dead_letters_back(
     spec = consumer_spec(tmp_path, bootstrap, oscar.endpoint, prefix, token=oscar.services["grayify"].token)
     broken = threading.Event()
     broken.set()
-    oscar.fault = lambda call: 503 if broken.is_set() else None
+    # 429: retried, then dead-lettered (a 5xx on every call is an outage, which the breaker holds).
+    oscar.fault = lambda call: 429 if broken.is_set() else None
     events = [event(i) for i in range(5)]
     produce(bootstrap, f"{prefix}.events", events)
     running = start(spec)

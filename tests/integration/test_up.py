@@ -154,6 +154,12 @@ def test_up_against_the_emulators_invokes_every_event_once_and_status_reports_it
             svc = next(c for c in status["consumers"] if c["name"] == "svc")
             assert svc["lag"] == 5 and svc["paused"] is True
             assert svc["rate"] == "7/s" and svc["rate_source"] == "control"
+            assert svc["oscar"] == "up"
+            oscar.outage = True  # status probes what the breaker probes: OSCAR's /health
+            assert next(c for c in pipeline_status(stack.spec)["consumers"] if c["name"] == "svc")[
+                "oscar"
+            ].startswith("down")
+            oscar.outage = False
             write_control(stack.spec.kafka, "svc", paused=False)
             wait_for(lambda: len(oscar.job_calls("svc")) >= 45, timeout=30)
         finally:
