@@ -126,10 +126,22 @@ class OscarInvoker:
         self, path: str, params: dict[str, str] | None = None, timeout: float = 30
     ) -> requests.Response:
         """GET ``/system/<path>``; raises OscarError naming the call on anything but 200."""
+        return self._system("GET", path, (200,), params=params, timeout=timeout)
+
+    def _system(
+        self,
+        method: str,
+        path: str,
+        ok: tuple[int, ...],
+        *,
+        params: dict[str, str] | None = None,
+        timeout: float = 30,
+    ) -> requests.Response:
         headers, auth = self._system_auth()
-        call = f"GET /system/{path}"
+        call = f"{method} /system/{path}"
         try:
-            response = self.session.get(
+            response = self.session.request(
+                method,
                 f"{self.base}/system/{path}",
                 params=params,
                 headers=headers,
@@ -141,7 +153,7 @@ class OscarInvoker:
             raise OscarError(
                 f"{call}: OSCAR unreachable at {self.base} ({type(exc).__name__})", call=call
             ) from exc
-        if response.status_code != 200:
+        if response.status_code not in ok:
             raise OscarError(
                 f"{call}: HTTP {response.status_code} {response.text[:200]}".rstrip(),
                 status=response.status_code,
@@ -174,22 +186,7 @@ class OscarInvoker:
 
     def delete_job(self, job: str) -> None:
         """``DELETE /system/logs/{service}/{job}`` (§3): 204."""
-        headers, auth = self._system_auth()
-        call = f"DELETE /system/logs/{self.spec.service}/{job}"
-        try:
-            response = self.session.delete(
-                f"{self.base}/system/logs/{self.spec.service}/{job}",
-                headers=headers,
-                auth=auth,
-                timeout=(float(self.spec.connect_timeout), 30),
-                allow_redirects=False,
-            )
-        except requests.RequestException as exc:
-            raise OscarError(
-                f"{call}: OSCAR unreachable at {self.base} ({type(exc).__name__})", call=call
-            ) from exc
-        if response.status_code not in (200, 204):
-            raise OscarError(f"{call}: HTTP {response.status_code}", status=response.status_code, call=call)
+        self._system("DELETE", f"logs/{self.spec.service}/{job}", (200, 204))
 
     def job_log(self, job: str) -> str:
         return self.system_get(f"logs/{self.spec.service}/{job}").text
