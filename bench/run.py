@@ -19,6 +19,7 @@ import consumer_bench
 import e2e_bench
 import plots
 import producer_bench
+import reconcile_bench
 from common import SERIES, Result, broker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +59,7 @@ def main() -> int:
         results = producer_bench.run(bootstrap, args.quick)
         results += consumer_bench.run(bootstrap, args.quick)
         results += e2e_bench.run(bootstrap, args.quick)
+        results += reconcile_bench.run(bootstrap, args.quick)
     command = "make bench" + (" QUICK=1" if args.quick else "")
     (ROOT / "bench" / "results.json").write_text(json.dumps([r.to_json() for r in results], indent=2) + "\n")
     text = render(results, command)

@@ -55,7 +55,7 @@ def _source(source: SourceSpec) -> Iterator[Finding]:
     yield Finding("ok", subject, f"dCache events API answers at {source.endpoint}")
     for path in source.paths:
         try:
-            client.list_directory(path)
+            client.list_page(path, 0, 1)
         except (DcniosError, requests.RequestException) as exc:
             yield Finding(
                 "fail",

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka import KafkaError as RdKafkaError
-from confluent_kafka import KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # exported at runtime, missing from the stubs
 
 from dcnios.errors import ConfigError, DeliveryError, KafkaError
@@ -25,6 +27,7 @@ __all__ = [
     "ensure_topics",
     "masked_config",
     "producer_config",
+    "read_compacted",
 ]
 
 logger = logging.getLogger(__name__)
@@ -224,3 +227,53 @@ class LatchedProducer:
 
     def __len__(self) -> int:
         return len(self._producer)
+
+
+#: How long reading a compacted topic may go without a record before it counts as a broker fault.
+READ_COMPACTED_TIMEOUT: Final = 30.0
+
+
+def read_compacted(
+    kafka: KafkaSpec,
+    topic: str,
+    producer: LatchedProducer,
+    on_record: Callable[[bytes | None, bytes | None, int], None],
+    *,
+    probe_key: bytes,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Hand every record of partition 0 of ``topic`` to ``on_record(key, value, offset)``, up to now.
+
+    "Now" is a probe record written first and read back (read-your-write), because a broker's
+    high watermark cannot be trusted to mark the end (Tansu under-reports it). The probe is
+    not handed over. Returns the number of records read; ``progress`` is told every 100,000.
+    """
+    probe = uuid.uuid4().hex.encode()
+    producer.produce(topic, probe, key=probe_key)
+    producer.flush()
+    consumer = Consumer(consumer_config(kafka, f"dcnios-reader-{uuid.uuid4().hex[:8]}"))
+    count = 0
+    try:
+        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        deadline = time.monotonic() + READ_COMPACTED_TIMEOUT
+        while time.monotonic() < deadline:
+            batch = consumer.consume(10_000, 0.05)
+            if batch:
+                deadline = time.monotonic() + READ_COMPACTED_TIMEOUT
+            for msg in batch:
+                if (err := msg.error()) is not None:
+                    raise KafkaError(f"reading {topic}: {err.str()}")
+                key, value = msg.key(), msg.value()
+                if key == probe_key:
+                    if value == probe:
+                        return count
+                    continue
+                count += 1
+                on_record(key, value, msg.offset() or 0)
+                if progress is not None and count % 100_000 == 0:
+                    progress(count)
+        raise KafkaError(
+            f"reading {topic}: no record for {READ_COMPACTED_TIMEOUT:.0f}s and the probe did not come back"
+        )
+    finally:
+        consumer.close()

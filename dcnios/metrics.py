@@ -76,6 +76,21 @@ class ProducerMetrics:
         self.synthetic = Counter(
             "dcnios_producer_synthetic", "records found by reconciliation", ["source"], registry=r
         )
+        self.listed = Counter(
+            "dcnios_producer_listed_files",
+            "files seen by reconciliation, by verdict against the published-files index",
+            ["source", "verdict"],
+            registry=r,
+        )
+        self.published_files = Gauge(
+            "dcnios_producer_published_files", "files in the published-files index", ["source"], registry=r
+        )
+        self.silent_streams = Counter(
+            "dcnios_producer_silent_streams",
+            "streams given up after missing three heartbeats",
+            ["source"],
+            registry=r,
+        )
         self.last_event_id = Gauge(
             "dcnios_producer_last_event_id", "newest SSE id read", ["source"], registry=r
         )

@@ -14,6 +14,7 @@ __all__ = [
     "control_topic",
     "gaps_topic",
     "invalid_topic",
+    "published_topic",
     "topic_plan",
 ]
 
@@ -44,6 +45,14 @@ def gaps_topic(kafka: KafkaSpec) -> str:
     return f"{kafka.internal_prefix}.gaps"
 
 
+def published_topic(kafka: KafkaSpec, source: str) -> str:
+    """Compacted; key = a file's path; value = when it was published, and its fingerprint (JSON).
+
+    One per source, so a producer reads only its own at start.
+    """
+    return f"{kafka.internal_prefix}.published.{source}"
+
+
 def invalid_topic(topic: str) -> str:
     """Raw frames that could not become records, with a reason header."""
     return f"{topic}.invalid"
@@ -64,6 +73,8 @@ def topic_plan(spec: PipelineSpec) -> list[TopicPlan]:
         for route in source.routes:
             add(route.topic, f"events of source {source.name} matching {route.match}", config=plain)
         add(invalid_topic(source.topic), f"invalid frames of source {source.name}", 1, plain)
+        if source.reconcile:
+            add(published_topic(k, source.name), f"files published by source {source.name} (compacted)", 1)
     for consumer in spec.consumers:
         add(consumer.topic, f"input of consumer {consumer.name}", config=plain)
         assert consumer.dead_letter_topic is not None

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import quote
 
 import requests
 
@@ -17,18 +19,86 @@ from dcnios.errors import ChannelGoneError, DCacheError
 from dcnios.http import TrustedSession
 from dcnios.spec import SourceSpec
 
-__all__ = ["Child", "DCacheClient", "new_session"]
+__all__ = [
+    "LIST_PAGE",
+    "Child",
+    "DCacheClient",
+    "ListingUnstableError",
+    "UnreadableListingError",
+    "new_session",
+    "url_path",
+]
 
 logger = logging.getLogger(__name__)
 _CONNECT_TIMEOUT: Final = 10.0
+#: Children per namespace request. dCache has no maximum (FileResources.java), but one response
+#: for a directory of a million files would be hundreds of megabytes of JSON.
+LIST_PAGE: Final = 10_000
+#: Chimera lists children in no defined order (no ORDER BY in DirectoryStreamImpl.java), so
+#: offsets move when entries come and go between pages. Pages overlap by this many entries,
+#: and a listing whose pages do not join up is started again.
+_LIST_OVERLAP: Final = 1_000
+_LIST_ATTEMPTS: Final = 5
+_METRONOME: Final = "/subscriptions/metronome/"
+
+
+class ListingUnstableError(DCacheError):
+    """A directory changed faster than its pages could be read, several times over."""
 
 
 @dataclass(frozen=True, slots=True)
 class Child:
+    """One entry of a namespace listing: the fields dCache sends by default (NamespaceUtils.java).
+
+    ``ctime`` is absent on purpose: dCache sends it only with ``optional=true``, and a rename
+    keeps it anyway (FsSqlDriver.java rename), so it says nothing about arrival.
+    """
+
     name: str
     is_dir: bool
     mtime: int
-    ctime: int
+    pnfsid: str | None = None
+    size: int | None = None
+
+
+class UnreadableListingError(DCacheError):
+    """A listing dCache answered with 200 that is not one: no use asking again."""
+
+
+def _int(value: Any) -> int | None:
+    # Bounded to 64 bits: SQLite and Avro hold no more, and a 5000-digit number is no time.
+    if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63:
+        return value
+    return None
+
+
+def _child(entry: Any) -> Child | None:
+    """One child entry, or None when it names nothing usable; bad attributes are dropped, not fatal.
+
+    Names get the checks names from the stream get: a listing is no more trusted than a frame.
+    """
+    if not isinstance(entry, dict):
+        return None
+    name = entry.get("fileName")
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\x00" in name:
+        return None
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    pnfsid = entry.get("pnfsId")
+    return Child(
+        name,
+        entry.get("fileType") == "DIR",
+        _int(entry.get("mtime")) or 0,
+        pnfsid if isinstance(pnfsid, str) else None,
+        _int(entry.get("size")),
+    )
+
+
+def url_path(path: str) -> str:
+    """A namespace path as a URL path: every segment percent-encoded (JAX-RS decodes it)."""
+    return quote(path, safe="/")
 
 
 def new_session(source: SourceSpec) -> requests.Session:
@@ -66,6 +136,8 @@ class DCacheClient:
         self.source = source
         self.session = session or new_session(source)
         self.endpoint = source.endpoint
+        #: Children per listing request (tests lower it to see paging on small directories).
+        self.list_page_size = LIST_PAGE
         self._token_lock = threading.Lock()
         self._token: str | None = None
         self._load_token()
@@ -92,7 +164,10 @@ class DCacheClient:
         self, method: str, url: str, *, what: str, stream: bool = False, **kwargs: Any
     ) -> requests.Response:
         """One call; a 401 with a token_file re-reads the file once (rotating tokens)."""
-        timeout = (_CONNECT_TIMEOUT, None) if stream else (_CONNECT_TIMEOUT, self.source.request_timeout)
+        read_timeout = kwargs.pop("read_timeout", None)
+        if not stream:
+            read_timeout = self.source.request_timeout
+        timeout = (_CONNECT_TIMEOUT, read_timeout)
         headers = kwargs.pop("headers", None)
         for attempt in (1, 2):
             try:
@@ -195,33 +270,103 @@ class DCacheClient:
         response = self.request("GET", f"{channel_url}/subscriptions", what="list subscriptions")
         return [str(u) for u in self._check(response, "list subscriptions", 200).json()]
 
-    def subscription_path(self, url: str) -> str:
+    def subscribe_metronome(self, channel_url: str, delay: float) -> str:
+        """A metronome subscription: dCache's own heartbeat; every POST creates a new one (201)."""
+        response = self.request(
+            "POST",
+            f"{channel_url}/subscriptions/metronome",
+            what="subscribe metronome",
+            json={"delay": delay, "message": "dcnios"},
+        )
+        location = self._check(response, "subscribe metronome", 201).headers.get("Location")
+        if not location:
+            raise DCacheError("subscribe metronome: 201 without a Location header")
+        return location
+
+    @staticmethod
+    def is_metronome(url: str) -> bool:
+        return _METRONOME in url
+
+    def selector(self, url: str) -> dict[str, Any]:
         response = self._check(self.request("GET", url, what="read subscription"), "read subscription", 200)
-        return str(response.json()["path"])
+        body = response.json()
+        if not isinstance(body, dict):
+            raise DCacheError(f"read subscription {url}: not a JSON object")
+        return body
+
+    def unsubscribe(self, url: str) -> None:
+        self._check(self.request("DELETE", url, what="unsubscribe"), "unsubscribe", 204, 404)
 
     # -- stream and namespace --------------------------------------------------------------
-    def open_stream(self, channel_url: str, last_event_id: int | None) -> requests.Response:
-        """The SSE GET; blocks until dCache sends headers, which may be at the first frame."""
+    def open_stream(
+        self, channel_url: str, last_event_id: int | None, *, silence: float | None = None
+    ) -> requests.Response:
+        """The SSE GET; blocks until dCache sends headers, which may be at the first frame.
+
+        ``silence`` is the longest wait for the next bytes (headers included) before the stream
+        counts as dead; it is only safe with a heartbeat subscribed (dCache sends no keep-alive).
+        """
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
         if last_event_id is not None:
             headers["Last-Event-ID"] = str(last_event_id)
-        response = self.request("GET", channel_url, what="open event stream", stream=True, headers=headers)
+        response = self.request(
+            "GET", channel_url, what="open event stream", stream=True, headers=headers, read_timeout=silence
+        )
         return self._check(response, "open event stream", 200)
 
-    def list_directory(self, path: str) -> list[Child]:
+    def list_page(self, path: str, offset: int, limit: int) -> list[Child]:
+        """One page of a directory's children, in dCache's (undefined) order."""
         response = self.request(
-            "GET", f"{self.endpoint}/namespace{path}", what=f"list {path}", params={"children": "true"}
+            "GET",
+            f"{self.endpoint}/namespace{url_path(path)}",
+            what=f"list {path}",
+            params={"children": "true", "offset": str(offset), "limit": str(limit)},
         )
-        body = self._check(response, f"list {path}", 200).json()
-        children = []
-        for child in body.get("children", []):
-            mtime = int(child.get("mtime") or 0)
-            children.append(
-                Child(
-                    str(child["fileName"]),
-                    child.get("fileType") == "DIR",
-                    mtime,
-                    int(child.get("ctime") or mtime),
-                )
+        checked = self._check(response, f"list {path}", 200)
+        try:
+            body = checked.json()
+        except ValueError as exc:
+            raise UnreadableListingError(f"list {path}: the answer is not JSON: {exc}", status=200) from exc
+        children = body.get("children") if isinstance(body, dict) else None
+        if not isinstance(children, list):
+            raise UnreadableListingError(
+                f"list {path}: not a directory (the listing has no children)", status=200
             )
-        return children
+        out = []
+        for child in children:
+            entry = _child(child)
+            if entry is None:
+                logger.warning(
+                    "%s: list %s: skipping an unreadable entry %.200r", self.source.name, path, child
+                )
+                continue
+            out.append(entry)
+        return out
+
+    def iter_listing(self, path: str, page: int | None = None) -> Iterator[list[Child]]:
+        """Every child of ``path``, page by page; a child may come twice, none is skipped.
+
+        Pages overlap; when one does not contain the previous page's last entry, entries moved
+        by more than the overlap while we read, and the listing starts over (pages already
+        yielded stay yielded: the caller treats repeats as repeats).
+        """
+        page = page or self.list_page_size
+        overlap = min(_LIST_OVERLAP, page // 10)
+        for _attempt in range(_LIST_ATTEMPTS):
+            offset, previous = 0, None
+            while True:
+                children = self.list_page(path, offset, page)
+                names = {c.name for c in children}
+                if previous and children and previous[-1].name not in names:
+                    break
+                fresh = children
+                if previous:
+                    seen = {c.name for c in previous}
+                    fresh = [c for c in children if c.name not in seen]
+                if fresh:
+                    yield fresh
+                if len(children) < page:
+                    return
+                previous, offset = children, offset + page - overlap
+            logger.info("%s: listing shifted between pages; listing it again", path)
+        raise ListingUnstableError(f"list {path}: the directory changed too fast to list in pages")

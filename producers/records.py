@@ -1,39 +1,157 @@
-"""SSE frame → what to do with it. Pure: no sockets, no clock (the caller passes the time)."""
+"""SSE frame → what to do with it, as a typed union the run loop ``match``es.
+
+Pure: no sockets, no clock (the caller passes the time). Every ``StorageEvent`` the producer
+publishes is built here: from a frame (``interpret``) or from a directory listing (``listed_event``).
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final
 
 from dcnios.inotify import IN_ISDIR, MASK_ORDER
 from dcnios.producers.sse import Frame
 from dcnios.spec import SourceSpec
 from dcnios.storage_event import StorageEvent
 
-__all__ = ["Outcome", "interpret", "join_path"]
+__all__ = [
+    "CONTENT_MASKS",
+    "Interpretation",
+    "Invalid",
+    "NewDirectory",
+    "Outcome",
+    "Overflow",
+    "Publish",
+    "Removed",
+    "Skip",
+    "System",
+    "Tick",
+    "WatchGone",
+    "interpret",
+    "join_path",
+    "listed_event",
+    "listed_mask",
+]
 
-Kind = Literal["publish", "skip", "invalid", "system", "new_dir", "watch_gone", "overflow"]
 _KNOWN_MASKS = frozenset(MASK_ORDER)
+#: Masks that say "this file is here, complete": what a listing can stand in for after a gap.
+CONTENT_MASKS: Final = ("IN_CLOSE_WRITE", "IN_MOVED_TO")
+_REMOVING: Final = frozenset({"IN_DELETE", "IN_MOVED_FROM"})
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
-    kind: Kind
-    event_id: int | None = None
-    event: StorageEvent | None = None
-    reason: str | None = None  # invalid: why; system: the SYSTEM type
-    subscription: str | None = None
-    path: str | None = None
+class Publish:
+    event: StorageEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class System:
+    kind: str  # the SYSTEM type: NEW_SUBSCRIPTION, EVENT_LOSS, ...
+    subscription: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewDirectory:
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class WatchGone:
+    subscription: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Overflow:
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """A name left a watched directory (IN_DELETE, IN_MOVED_FROM): the index forgets it."""
+
+    path: str
+    is_dir: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """A metronome event: proof that the stream is alive."""
+
+    subscription: str
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    reason: str
+
+
+Outcome = Publish | Invalid | System | NewDirectory | WatchGone | Overflow | Removed | Tick | Skip
+
+
+@dataclass(frozen=True, slots=True)
+class Interpretation:
+    """What one frame means. ``event_id`` is set for every plugin event with a valid ``id:``,
+    whatever it means, because the stream has consumed that id (Last-Event-ID resumes after it)."""
+
+    event_id: int | None
+    outcomes: tuple[Outcome, ...]
 
 
 def join_path(directory: str, name: str) -> str:
     return f"/{name}" if directory == "/" else f"{directory}/{name}"
 
 
-def _invalid(reason: str, event_id: int | None = None) -> list[Outcome]:
-    return [Outcome("invalid", event_id=event_id, reason=reason)]
+def _unencodable(name: str) -> bool:
+    # JSON can carry a lone surrogate ("\udcff"), which no UTF-8 record or key can hold.
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _invalid(reason: str, event_id: int | None = None) -> Interpretation:
+    return Interpretation(event_id, (Invalid(reason),))
+
+
+def listed_mask(source: SourceSpec) -> str:
+    """The mask a file found by listing is published with: the first content mask selected."""
+    return next((m for m in CONTENT_MASKS if m in source.events), source.events[0])
+
+
+def listed_event(
+    source: SourceSpec,
+    directory: str,
+    name: str,
+    *,
+    channel_id: str,
+    subscription: str,
+    observed_at: int,
+    gap: str,
+) -> StorageEvent:
+    """The synthetic event for a file a listing found (no event id: no frame carried it)."""
+    return StorageEvent(
+        source=source.name,
+        path=join_path(directory, name),
+        name=name,
+        mask=(listed_mask(source),),
+        cookie=None,
+        is_dir=False,
+        channel=channel_id,
+        event_id=None,
+        subscription=subscription,
+        observed_at=observed_at,
+        synthetic=True,
+        gap=gap,
+    )
 
 
 def interpret(
@@ -43,18 +161,23 @@ def interpret(
     channel_id: str,
     watches: Mapping[str, str],
     observed_at: int,
-) -> list[Outcome]:
-    """Classify one frame. Malformed input yields an ``invalid`` outcome, never an exception."""
+) -> Interpretation:
+    """Classify one frame. Malformed input yields ``Invalid``, never an exception."""
     if frame.event == b"SYSTEM":
         return _system(frame)
-    if frame.event != b"inotify":
-        if frame.event is None:
-            return _invalid("frame has no event: field")
-        return [Outcome("skip", reason=f"event type {frame.event.decode('utf-8', 'replace')!r}")]
+    if frame.event is None:
+        return _invalid("frame has no event: field")
     try:
         event_id = int(frame.id) if frame.id is not None else None
     except ValueError:
         event_id = None
+    if frame.event == b"metronome":
+        return _metronome(frame, event_id)
+    if frame.event != b"inotify":
+        kind = frame.event.decode("utf-8", "replace")
+        return Interpretation(
+            event_id if event_id is not None and event_id >= 0 else None, (Skip(f"event type {kind!r}"),)
+        )
     if event_id is None or event_id < 0:
         return _invalid("inotify frame without a valid id: field")
     if frame.data is None:
@@ -65,12 +188,15 @@ def interpret(
         return _invalid(f"data is not UTF-8 (byte {exc.start})", event_id)
     except json.JSONDecodeError as exc:
         return _invalid(f"data is not JSON: {exc.msg} at column {exc.colno}", event_id)
-    return _inotify(
-        data, event_id, source=source, channel_id=channel_id, watches=watches, observed_at=observed_at
+    return Interpretation(
+        event_id,
+        _inotify(
+            data, event_id, source=source, channel_id=channel_id, watches=watches, observed_at=observed_at
+        ),
     )
 
 
-def _system(frame: Frame) -> list[Outcome]:
+def _system(frame: Frame) -> Interpretation:
     try:
         data = json.loads((frame.data or b"").decode("utf-8"))
         kind = data["type"]
@@ -79,7 +205,20 @@ def _system(frame: Frame) -> list[Outcome]:
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
         return _invalid("SYSTEM frame without a JSON type")
     sub = data.get("subscription")
-    return [Outcome("system", reason=kind, subscription=sub if isinstance(sub, str) else None)]
+    return Interpretation(None, (System(kind, sub if isinstance(sub, str) else None),))
+
+
+def _metronome(frame: Frame, event_id: int | None) -> Interpretation:
+    if event_id is None or event_id < 0:
+        return _invalid("metronome frame without a valid id: field")
+    try:
+        data = json.loads((frame.data or b"").decode("utf-8"))
+        sub = data["subscription"]
+        if not isinstance(sub, str):
+            raise TypeError(sub)
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        return _invalid("metronome frame without a subscription URL", event_id)
+    return Interpretation(event_id, (Tick(sub),))
 
 
 def _inotify(
@@ -90,36 +229,40 @@ def _inotify(
     channel_id: str,
     watches: Mapping[str, str],
     observed_at: int,
-) -> list[Outcome]:
+) -> tuple[Outcome, ...]:
     if not isinstance(data, dict) or not isinstance(data.get("event"), dict):
-        return _invalid("data has no event object", event_id)
+        return (Invalid("data has no event object"),)
     sub, payload = data.get("subscription"), data["event"]
     if not isinstance(sub, str):
-        return _invalid("data has no subscription URL", event_id)
+        return (Invalid("data has no subscription URL"),)
     mask, name, cookie = payload.get("mask"), payload.get("name"), payload.get("cookie")
     if not isinstance(mask, list) or not all(isinstance(m, str) for m in mask):
-        return _invalid("event.mask is not a list of strings", event_id)
+        return (Invalid("event.mask is not a list of strings"),)
     unknown = [m for m in mask if m not in _KNOWN_MASKS]
     if unknown:
-        return _invalid(f"unknown mask {unknown[0]!r}", event_id)
+        return (Invalid(f"unknown mask {unknown[0]!r}"),)
     if name is not None and (not isinstance(name, str) or name in ("", ".", "..") or "/" in name):
-        return _invalid(f"event.name is not a file name: {name!r}", event_id)
+        return (Invalid(f"event.name is not a file name: {name!r}"),)
+    if isinstance(name, str) and not name.isprintable() and _unencodable(name):
+        return (Invalid(f"event.name is not valid Unicode: {name!r}"),)
     if cookie is not None and not isinstance(cookie, str):
-        return _invalid("event.cookie is not a string", event_id)
+        return (Invalid("event.cookie is not a string"),)
     directory = watches.get(sub)
     if directory is None:
-        return _invalid(f"event from unknown subscription {sub}", event_id)
+        return (Invalid(f"event from unknown subscription {sub}"),)
     if "IN_IGNORED" in mask or "IN_DELETE_SELF" in mask:
-        return [Outcome("watch_gone", event_id, subscription=sub, path=directory)]
+        return (WatchGone(sub, directory),)
     if "IN_Q_OVERFLOW" in mask:
-        return [Outcome("overflow", event_id, subscription=sub, path=directory)]
+        return (Overflow(directory),)
     if name is None:
-        return [Outcome("skip", event_id, reason="event about the watched directory itself")]
+        return (Skip("event about the watched directory itself"),)
     path = join_path(directory, name)
     is_dir = IN_ISDIR in mask
     out: list[Outcome] = []
     if is_dir and source.recursive and ("IN_CREATE" in mask or "IN_MOVED_TO" in mask):
-        out.append(Outcome("new_dir", event_id, subscription=sub, path=path))
+        out.append(NewDirectory(path))
+    if _REMOVING.intersection(mask):
+        out.append(Removed(path, is_dir))
     wanted = any(m in source.events for m in mask if m != IN_ISDIR)
     if wanted and (source.directories or not is_dir):
         event = StorageEvent(
@@ -134,5 +277,5 @@ def _inotify(
             subscription=sub,
             observed_at=observed_at,
         )
-        out.append(Outcome("publish", event_id, event=event))
-    return out or [Outcome("skip", event_id, reason="mask not selected")]
+        out.append(Publish(event))
+    return tuple(out) or (Skip("mask not selected"),)

@@ -1,28 +1,59 @@
 """An emulator of dCache's storage-events API (frontend ``/api/v1/events``) and namespace listing.
 
-Written from shared/reference/dcache-events.md; section numbers below refer to it. It serves the
-tests and ``dcnios sandbox``; the pipeline never imports it.
+Written from shared/reference/dcache-events.md (section numbers below refer to it) and from
+dCache's source (dCache/dcache at 77340d66; the file behind each behaviour is named where it is
+coded). It serves the tests and ``dcnios sandbox``; the pipeline never imports it.
 
-Faithful parts: frames byte for byte (§4.2), per-channel ids from 0 (§4.4), the 16383-event ring
-buffer and the Last-Event-ID algorithm with EVENT_LOSS (§6), response headers withheld until the
-first frame (§4.1, switchable), 201/303 subscribe (§5.3), 8.2 error bodies (§2.1), channel expiry
-→ 404, COMPETING_CLIENT, SHUTDOWN, SUBSCRIPTION_CLOSED + IN_IGNORED, IN_Q_OVERFLOW, and
-``GET /namespace{path}?children=true`` (§11).
+Faithful parts:
+
+* events: frames byte for byte (§4.2), per-channel ids from 0 (§4.4), the 16383-event ring
+  buffer and the Last-Event-ID algorithm with EVENT_LOSS (§6), response headers withheld until
+  the first frame (§4.1, switchable), 201/303 inotify subscribe (§5.3), 8.2 error bodies (§2.1),
+  channel expiry → 404, COMPETING_CLIENT, SHUTDOWN, SUBSCRIPTION_CLOSED + IN_IGNORED,
+  IN_Q_OVERFLOW;
+* the metronome event type (§5.2): selector validation and its messages, a new subscription
+  (201) on every POST, fixed-rate ticks that take channel ids and fill the ring buffer,
+  ``${count}``/``${username}``, ``count`` closing the subscription;
+* ``GET /namespace{path}`` (§11): the default and ``optional=true`` attribute sets, ``fileName``
+  on children only, ``children``/``limit``/``offset`` with their 400s, children in directory
+  order (never sorted), listings that cost O(page);
+* the namespace's timestamps: a rename touches only the directory entry (the moved inode keeps
+  its times and PNFS-ID), the parents' mtime and ctime move on every create, remove and rename,
+  and a rename over an existing name removes it first.
+
+``blackhole()`` is a test hook that models the network (a firewall silently dropping a
+connection), not anything dCache does.
+
+Upstream files behind the class names cited in comments (F = modules/dcache-frontend/src/main/
+java/org/dcache/restful, C = modules/chimera/src/main/java/org/dcache/chimera):
+
+* FileResources: F/resources/namespace/FileResources.java; NamespaceUtils:
+  F/util/namespace/NamespaceUtils.java; JsonFileAttributes: F/providers/JsonFileAttributes.java;
+* ChimeraNameSpaceProvider: modules/dcache-chimera/src/main/java/org/dcache/chimera/namespace/
+  ChimeraNameSpaceProvider.java; FsSqlDriver, JdbcFs, DirectoryStreamImpl: C/<name>.java;
+  chimera.attr-consistency: skel/share/defaults/chimera.properties;
+* Metronome, Selector, Selection: F/events/streams/metronome/<name>.java; Channel:
+  F/events/Channel.java; EventResources: F/resources/EventResources.java.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
+import gc
 import json
 import logging
+import math
 import os
 import queue
+import re
 import secrets
 import ssl
 import threading
 import time
+import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -59,6 +90,42 @@ MODIFIERS: Final = ("IN_DONT_FOLLOW", "IN_EXCL_UNLINK", "IN_MASK_ADD", "IN_ONESH
 SELECTOR_ORDER: Final = (*EVENT_FLAGS, *MACROS, *MODIFIERS)
 _API: Final = "/api/v1"
 
+# -- namespace facts ---------------------------------------------------------------------------
+# FsSqlDriver.mkdir: a new directory has nlink 2 and size 512; each subdirectory adds one link
+# to its parent (createInodeInParent → incNlinkForDir).
+_DIR_SIZE: Final = 512
+# ChimeraNameSpaceProvider.getFileAttributes reports permission bits only (S_PERMS). The values
+# are the emulator's choice: dCache's depend on the creating door and directory tags.
+_DIR_MODE: Final = 0o755
+_FILE_MODE: Final = 0o644
+# NamespaceUtils.mimeTypeOf.
+# For a REGULAR file dCache guesses from the name (or a mime_type xattr); the guess is not
+# emulated: every file is application/octet-stream, the guess's fallback.
+_DIR_MIME: Final = "application/vnd.dcache.folder"
+_FILE_MIME: Final = "application/octet-stream"
+# Integer.parseInt, as FileResources.getFileAttributes applies it to limit and offset: an optional
+# sign, then decimal digits (Character.digit accepts any script's, as Python's \d and int() do).
+_JAVA_INT: Final = re.compile(r"[+-]?\d+")
+_INT_MIN: Final = -(2**31)
+_INT_MAX: Final = 2**31 - 1
+
+# -- metronome facts ---------------------------------------------------------------------------
+# Metronome.java and Selector.java.
+_METRONOME_MESSAGE: Final = "tick"
+_MAX_HZ: Final = 1_000_000.0
+_MAX_DELAY: Final = 300.0  # five minutes
+_MIN_HZ: Final = 1 / _MAX_DELAY
+_MIN_DELAY: Final = 1 / _MAX_HZ
+# Selector.validationError formats the bounds with Java's %g (six significant digits, never
+# trimmed, scientific below 1e-4 and from 1e6); Python's %g trims, so the texts are written out.
+_MIN_HZ_TEXT: Final = "0.00333333"
+_MAX_HZ_TEXT: Final = "1.00000e+06"
+_MIN_DELAY_TEXT: Final = "1.00000e-06"
+_MAX_DELAY_TEXT: Final = "300.000"
+#: Ticks fired per hold of the emulator lock: a metronome at 1 MHz catches up (fixed rate, as
+#: ScheduledThreadPoolExecutor does) without starving the request handlers.
+_TICKS_PER_PASS: Final = 1024
+
 
 def _json(obj: Any) -> bytes:
     # Jackson's compact output: no spaces, raw UTF-8, '/' not escaped (§11).
@@ -69,14 +136,30 @@ def _b64url(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-@dataclass
+def _split(path: str) -> tuple[str, str]:
+    """(parent, name) of a normalised absolute path other than ``/``."""
+    parent, _, name = path.rpartition("/")
+    return parent or "/", name
+
+
+@dataclass(slots=True)
 class _Entry:
+    """One inode and the path of its (only) directory entry. Times are epoch milliseconds."""
+
     path: str
     is_dir: bool
     pnfsid: str
     size: int = 0
+    #: Set at creation and when an upload is committed; for a directory, whenever an entry is
+    #: added, removed or renamed in it (FsSqlDriver incNlinkForDir/decNlinkForDir).
     mtime: int = 0
+    #: As mtime, and also when attributes change (an upload's commit sets size).
     ctime: int = 0
+    #: Set once, at creation (FsSqlDriver.createInode's icrtime); a rename does not touch it.
+    creation_time: int = 0
+    #: Set at creation; reads are not emulated, so never updated.
+    atime: int = 0
+    nlink: int = 1
 
 
 @dataclass
@@ -90,20 +173,43 @@ class _Subscription:
     oneshot: bool
 
 
+@dataclass
+class _Metronome:
+    """A metronome subscription (metronome/Selection.java): ticks at a fixed rate."""
+
+    sid: str
+    url: str
+    selector: dict[str, Any]  # what GET returns: the supplied fields (Selector.java getters)
+    message: str  # ${username} already replaced, as Selector.setMessage does
+    period: float  # seconds, rounded to microseconds as Selector.tickDelay(MICROSECONDS) does
+    count: int  # 0: unlimited
+    start: float  # monotonic time of the subscription: tick n is due at start + n * period
+    ticks: int = 0
+
+    def due(self) -> float:
+        return self.start + (self.ticks + 1) * self.period
+
+
 class _Connection:
     """One attached SSE client: a queue of frames its handler thread writes out."""
 
     def __init__(self) -> None:
         self.frames: queue.Queue[bytes | None] = queue.Queue()
         self.closed = threading.Event()
+        #: Set by DCacheEmulator.blackhole: nothing reaches the client any more, not even a close.
+        self.blackholed = False
 
     def send(self, frame: bytes) -> None:
-        if not self.closed.is_set():
+        if not self.closed.is_set() and not self.blackholed:
             self.frames.put(frame)
 
     def close(self) -> None:
         self.closed.set()
         self.frames.put(None)
+
+    def blackhole(self) -> None:
+        self.blackholed = True
+        self.frames.put(None)  # wakes the writer, which then stops writing for good
 
 
 @dataclass
@@ -115,6 +221,7 @@ class _Channel:
     client_id: str
     timeout: int
     subs: dict[str, _Subscription] = field(default_factory=dict)
+    metronomes: dict[str, _Metronome] = field(default_factory=dict)
     backlog: deque[tuple[int, bytes]] = field(default_factory=deque)
     next_id: int = 0
     conn: _Connection | None = None
@@ -153,7 +260,15 @@ class DCacheEmulator:
         self.max_channels_per_user = max_channels_per_user
         self.lock = threading.RLock()
         self.channels: dict[str, _Channel] = {}
+        #: Every inode by path (tests and the sandbox look paths up here).
         self.entries: dict[str, _Entry] = {"/": self._entry("/", True)}
+        #: Each directory's entries by name, in the order they were added: Chimera's listing SQL
+        #: (DirectoryStreamImpl) has no ORDER BY, so real order is whatever the database returns;
+        #: creation order is one such order, and the emulator never sorts.
+        self.children: dict[str, dict[str, _Entry]] = {"/": {}}
+        # Names of a directory as a list, for slicing pages in O(page); built on the first
+        # listing, appended to on create, dropped when an entry leaves the directory.
+        self._order: dict[str, list[str]] = {}
         self.requests: list[tuple[str, str, int]] = []
         self.fail_next: deque[int] = deque()
         #: Called with (method, path) as each request arrives: tests time faults to a call.
@@ -172,6 +287,7 @@ class DCacheEmulator:
             self._door.daemon_threads = True
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
+        self._tick_wake = threading.Event()  # a metronome was added: the ticker recomputes its sleep
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -188,7 +304,7 @@ class DCacheEmulator:
         return f"{host!s}:{port}"
 
     def start(self) -> DCacheEmulator:
-        targets = [self._server.serve_forever, self._reaper]
+        targets = [self._server.serve_forever, self._reaper, self._ticker]
         if self._door is not None:
             targets.append(self._door.serve_forever)
         for target in targets:
@@ -199,6 +315,7 @@ class DCacheEmulator:
 
     def stop(self) -> None:
         self._stop.set()
+        self._tick_wake.set()
         with self.lock:
             for channel in self.channels.values():
                 if channel.conn is not None:
@@ -208,6 +325,10 @@ class DCacheEmulator:
         if self._door is not None:
             self._door.shutdown()
             self._door.server_close()
+
+    def wait_stopped(self) -> None:
+        """Block until stop() (a blackholed stream's handler parks here)."""
+        self._stop.wait()
 
     def __enter__(self) -> DCacheEmulator:
         return self.start()
@@ -224,6 +345,28 @@ class DCacheEmulator:
                         logger.info("channel %s expired", channel.cid)
                         self.close_channel(channel)
 
+    def _ticker(self) -> None:
+        """Fires every metronome's due ticks: one thread for all, as Metronome shares one executor."""
+        while not self._stop.is_set():
+            fired = 0
+            wake: float | None = None
+            with self.lock:
+                now = time.monotonic()
+                for channel in list(self.channels.values()):
+                    for tick in list(channel.metronomes.values()):
+                        # Fixed rate: a late tick is caught up, not skipped (scheduleAtFixedRate).
+                        live = channel.metronomes
+                        while fired < _TICKS_PER_PASS and tick.sid in live and tick.due() <= now:
+                            self._tick(channel, tick)
+                            fired += 1
+                        if tick.sid in live:
+                            wake = tick.due() if wake is None else min(wake, tick.due())
+            if fired >= _TICKS_PER_PASS:
+                continue  # behind: let the request handlers have the lock, then go on
+            timeout = 1.0 if wake is None else max(0.0, wake - time.monotonic())
+            if self._tick_wake.wait(timeout):
+                self._tick_wake.clear()
+
     # -- ids -------------------------------------------------------------------------------
     @staticmethod
     def _pnfsid() -> str:
@@ -233,8 +376,80 @@ class DCacheEmulator:
         return int(time.time() * 1000) + self.clock_offset_ms
 
     def _entry(self, path: str, is_dir: bool, size: int = 0) -> _Entry:
+        # FsSqlDriver.createInode: ctime, atime, mtime and creation time are all "now".
         now = self._now_ms()
-        return _Entry(path, is_dir, self._pnfsid(), size, now, now)
+        if is_dir:
+            return _Entry(path, True, self._pnfsid(), _DIR_SIZE, now, now, now, now, 2)
+        return _Entry(path, False, self._pnfsid(), size, now, now, now, now, 1)
+
+    # -- namespace structure ---------------------------------------------------------------
+    def _touch_dir(self, path: str, now: int, nlink: int = 0) -> None:
+        # FsSqlDriver.incNlinkForDir/decNlinkForDir: every create, remove and rename in a
+        # directory sets its mtime and ctime (chimera.attr-consistency=strong, the default in
+        # skel/share/defaults/chimera.properties, applies it at once).
+        parent = self.entries[path]
+        parent.mtime = parent.ctime = now
+        parent.nlink += nlink
+
+    def _link(self, entry: _Entry) -> None:
+        """Enter ``entry`` in its parent directory, replacing whatever had that name."""
+        parent, name = _split(entry.path)
+        siblings = self.children[parent]
+        if name in siblings:
+            self._unlink(entry.path, entry.creation_time)
+        siblings[name] = entry
+        order = self._order.get(parent)
+        if order is not None:
+            order.append(name)
+        self.entries[entry.path] = entry
+        if entry.is_dir:
+            self.children[entry.path] = {}
+        self._touch_dir(parent, entry.creation_time, 1 if entry.is_dir else 0)
+
+    def _unlink(self, path: str, now: int) -> _Entry:
+        """Remove ``path`` (and, for a directory, everything under it) from the namespace."""
+        entry = self.entries.pop(path)
+        parent, name = _split(path)
+        del self.children[parent][name]
+        self._order.pop(parent, None)
+        self._touch_dir(parent, now, -1 if entry.is_dir else 0)
+        if entry.is_dir:
+            pending = [path]
+            while pending:  # O(subtree), not a scan of every path
+                directory = pending.pop()
+                self._order.pop(directory, None)
+                for child in self.children.pop(directory).values():
+                    del self.entries[child.path]
+                    if child.is_dir:
+                        pending.append(child.path)
+        return entry
+
+    def _repath(self, old: str, new: str) -> None:
+        """A directory's subtree follows it from ``old`` to ``new`` (children, paths, caches)."""
+        pending = [(old, new)]
+        while pending:
+            src, dst = pending.pop()
+            kids = self.children.pop(src)
+            self.children[dst] = kids
+            order = self._order.pop(src, None)
+            if order is not None:
+                self._order[dst] = order
+            for name, child in kids.items():
+                del self.entries[child.path]
+                child.path = f"{dst}/{name}"
+                self.entries[child.path] = child
+                if child.is_dir:
+                    pending.append((f"{src}/{name}", child.path))
+
+    def page(self, directory: str, offset: int = 0, limit: int | None = None) -> list[tuple[str, _Entry]]:
+        """Entries [offset, offset+limit) of ``directory`` as (name, entry), in directory order."""
+        with self.lock:
+            siblings = self.children[directory]
+            names = self._order.get(directory)
+            if names is None:
+                names = self._order[directory] = list(siblings)
+            window = names[offset:] if limit is None else names[offset : offset + limit]
+            return [(name, siblings[name]) for name in window]
 
     # -- namespace hooks -------------------------------------------------------------------
     def mkdir(self, path: str, *, parents: bool = True) -> None:
@@ -246,7 +461,7 @@ class DCacheEmulator:
                 self.mkdir(parent)
             if path in self.entries:
                 return
-            self.entries[path] = self._entry(path, True)
+            self._link(self._entry(path, True))
             self._child_event(path, ["IN_CREATE", "IN_ISDIR"])
 
     def upload(self, path: str, size: int = 1024) -> None:
@@ -261,7 +476,7 @@ class DCacheEmulator:
         """The start of an upload: the door creates the entry, the pool opens the replica."""
         with self.lock:
             self._require_parent(path)
-            self.entries[path] = self._entry(path, False, 0)
+            self._link(self._entry(path, False, 0))
             self._child_event(path, ["IN_CREATE"])
             self._child_event(path, ["IN_OPEN"])
 
@@ -277,8 +492,11 @@ class DCacheEmulator:
             entry = self.entries.get(path)
             if entry is None:
                 self._require_parent(path)
-                entry = self.entries[path] = self._entry(path, False, size)
-            entry.size, entry.mtime = size, self._now_ms()
+                entry = self._entry(path, False, size)
+                self._link(entry)
+            # Setting size is an attribute change: ctime moves with mtime.
+            entry.size = size
+            entry.mtime = entry.ctime = self._now_ms()
             self._child_event(path, ["IN_ATTRIB"])
             self._child_event(path, ["IN_CLOSE_WRITE"])
 
@@ -286,40 +504,107 @@ class DCacheEmulator:
         """An upload-directory commit (SRM, xroot POSC): a lone IN_MOVED_TO with a cookie."""
         with self.lock:
             self._require_parent(path)
-            self.entries[path] = self._entry(path, False, size)
+            self._link(self._entry(path, False, size))
             self._child_event(path, ["IN_MOVED_TO"], cookie=self._cookie())
 
     def put_silently(self, path: str, size: int = 1024, *, directory: bool = False) -> None:
         """A file (or directory) appears with no event at all (as during a gap)."""
         with self.lock:
             self._require_parent(path)
-            self.entries[path] = self._entry(path, directory, size)
+            existing = self.entries.get(path)
+            if directory and existing is not None and existing.is_dir:
+                return  # already there, contents and all (as mkdir)
+            self._link(self._entry(path, directory, size))
+
+    def put_many(self, directory: str, names: Iterable[str], size: int = 1024) -> int:
+        """Files ``names`` appear in ``directory`` with no event (benchmarks): one lock
+        acquisition and one clock reading for the lot; a name already there is replaced.
+        Returns how many were added."""
+        batch = list(names)
+        if len(set(batch)) != len(batch) or any(not n or "/" in n or n in (".", "..") for n in batch):
+            raise ValueError("put_many takes distinct plain file names")
+        with self.lock:
+            parent = self.entries.get(directory)
+            if parent is None or not parent.is_dir:
+                raise FileNotFoundError(directory)
+            siblings = self.children[directory]
+            prefix = directory.rstrip("/") + "/"
+            now = self._now_ms()
+            for name in siblings.keys() & batch if siblings else ():
+                self._unlink(prefix + name, now)
+            ids = os.urandom(16 * len(batch)).hex().upper()  # as _pnfsid, drawn in one go
+            # A million new objects would trigger repeated full collections, each walking every
+            # entry already there: collection waits until the batch is in.
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
+                fresh = [
+                    _Entry(prefix + name, False, "0000" + ids[i : i + 32], size, now, now, now, now, 1)
+                    for i, name in zip(range(0, 32 * len(batch), 32), batch, strict=True)
+                ]
+            finally:
+                if collecting:
+                    gc.enable()
+            siblings.update(zip(batch, fresh, strict=True))
+            self.entries.update((entry.path, entry) for entry in fresh)
+            order = self._order.get(directory)
+            if order is not None:
+                order.extend(batch)
+            if batch:
+                self._touch_dir(directory, now)
+        return len(batch)
 
     def rm(self, path: str) -> None:
         with self.lock:
-            entry = self.entries.pop(path)
+            entry = self._unlink(path, self._now_ms())
             flag = ["IN_ISDIR"] if entry.is_dir else []
-            if entry.is_dir:
-                prefix = path.rstrip("/") + "/"
-                for child in [p for p in self.entries if p.startswith(prefix)]:
-                    del self.entries[child]
             self._child_event(path, ["IN_DELETE", *flag])
             self._self_event(entry.pnfsid, ["IN_DELETE_SELF", *flag], closes=True)
 
     def mv(self, src: str, dst: str) -> None:
+        """A rename (JdbcFs.rename, FsSqlDriver.rename): only the directory entry changes. The
+        moved inode keeps its PNFS-ID, mtime, ctime and creation time; both parents' mtime and
+        ctime move. An existing ``dst`` of the same type is removed first."""
         with self.lock:
-            entry = self.entries.pop(src)
+            entry = self.entries[src]
+            if src == dst:
+                return  # renaming onto itself: done, by POSIX (JdbcFs.rename)
+            self._require_parent(dst)
+            if entry.is_dir and dst.startswith(src.rstrip("/") + "/"):
+                # FsSqlDriver.checkLoop
+                raise OSError(errno.EINVAL, "Cannot move directory into its own subdirectory", dst)
+            target = self.entries.get(dst)
+            if target is not None:
+                if target.is_dir != entry.is_dir:
+                    raise FileExistsError(errno.EEXIST, "File exists", dst)  # JdbcFs.rename
+                if target.is_dir and self.children[dst]:
+                    raise OSError(errno.ENOTEMPTY, "directory is not empty", dst)  # FsSqlDriver.removeDir
             cookie = self._cookie()
             flag = ["IN_ISDIR"] if entry.is_dir else []
             self._child_event(src, ["IN_MOVED_FROM", *flag], cookie=cookie)
-            entry.path, entry.ctime = dst, self._now_ms()
+            now = self._now_ms()
+            if target is not None:
+                # dCache's events for the replaced target are not emulated: it just goes.
+                self._unlink(dst, now)
+            src_parent, src_name = _split(src)
+            dst_parent, dst_name = _split(dst)
+            del self.children[src_parent][src_name]
+            self._order.pop(src_parent, None)
+            del self.entries[src]
+            entry.path = dst
             self.entries[dst] = entry
+            self.children[dst_parent][dst_name] = entry
+            order = self._order.get(dst_parent)
+            if order is not None:
+                order.append(dst_name)
             if entry.is_dir:
-                prefix = src.rstrip("/") + "/"
-                for old in [p for p in self.entries if p.startswith(prefix)]:
-                    moved = self.entries.pop(old)
-                    moved.path = dst.rstrip("/") + "/" + old[len(prefix) :]
-                    self.entries[moved.path] = moved
+                self._repath(src, dst)
+            if src_parent == dst_parent:
+                self._touch_dir(src_parent, now)
+            else:
+                links = 1 if entry.is_dir else 0
+                self._touch_dir(src_parent, now, -links)
+                self._touch_dir(dst_parent, now, links)
             self._child_event(dst, ["IN_MOVED_TO", *flag], cookie=cookie)
             self._self_event(entry.pnfsid, ["IN_MOVE_SELF", *flag])
 
@@ -335,6 +620,21 @@ class DCacheEmulator:
                 if channel.conn is not None:
                     channel.conn.close()
 
+    def blackhole(self) -> None:
+        """A test hook modelling the network, not dCache: a firewall starts dropping every
+        attached SSE connection's packets without a FIN or RST.
+
+        Each connection stays open (its socket is not closed) and no byte is sent on it ever
+        again; the channel still counts it as attached, so no expiry timer starts. Events keep
+        going into the ring buffer with ids as usual. A later GET on the channel is served as
+        always: COMPETING_CLIENT goes to the silent connection (nowhere), the new one gets the
+        Last-Event-ID replay. The silent connection's handler thread blocks until the emulator
+        stops, then exits without writing."""
+        with self.lock:
+            for channel in self.channels.values():
+                if channel.conn is not None:
+                    channel.conn.blackhole()
+
     def expire_channels(self) -> None:
         """Expire every channel now, as the GC timer would (§6)."""
         with self.lock:
@@ -349,7 +649,7 @@ class DCacheEmulator:
                     channel.conn.send(self.system_frame({"type": "SHUTDOWN"}))
                     channel.conn.close()
                     channel.conn = None
-            self.channels.clear()
+            self.channels.clear()  # their metronomes stop with them: the ticker only sees these
 
     def inject(self, raw: bytes, *, with_id: bool = True) -> None:
         """Send arbitrary bytes as a frame on every channel (malformed-input tests)."""
@@ -402,31 +702,63 @@ class DCacheEmulator:
             for sub in list(channel.subs.values()):
                 if sub.pnfsid != pnfsid or (not management and flag not in sub.flags):
                     continue
-                self._queue(channel, {"event": payload, "subscription": sub.url})
+                self._queue(channel, "inotify", {"event": payload, "subscription": sub.url})
                 if sub.oneshot:
                     self.close_subscription(channel, sub)
 
-    def _queue(self, channel: _Channel, data: dict[str, Any]) -> None:
+    def _queue(self, channel: _Channel, event_type: str, data: dict[str, Any]) -> None:
+        # Channel.sendEvent: every plugin event takes the channel's next id.
         event_id = channel.next_id
         channel.next_id += 1
-        frame = b"event: inotify\nid: " + str(event_id).encode() + b"\ndata: " + _json(data) + b"\n\n"
+        frame = b"event: %s\nid: %d\ndata: %s\n\n" % (event_type.encode(), event_id, _json(data))
         channel.backlog.append((event_id, frame))  # buffered whether or not a client is attached
         if channel.conn is not None:
             channel.conn.send(frame)
+
+    def _tick(self, channel: _Channel, tick: _Metronome) -> None:
+        # Selector.sendEvents: the count is 1-based; after the count-th tick, CLOSE_STREAM.
+        tick.ticks += 1
+        message = tick.message.replace("${count}", str(tick.ticks))
+        self._queue(channel, "metronome", {"event": message, "subscription": tick.url})
+        if tick.count and tick.ticks >= tick.count:
+            self.close_metronome(channel, tick)
+
+    def add_metronome(
+        self, channel: _Channel, selector: dict[str, Any], message: str, period: float, count: int
+    ) -> str:
+        """A new metronome subscription on ``channel`` (Metronome.select); returns its URL."""
+        with self.lock:
+            sid = str(uuid.uuid4())  # Selection's id: UUID.randomUUID()
+            url = f"{channel.url}/subscriptions/metronome/{sid}"
+            # Selection.startTicking: the first tick one period from now, then at a fixed rate.
+            channel.metronomes[sid] = _Metronome(sid, url, selector, message, period, count, time.monotonic())
+            if channel.conn is not None:
+                channel.conn.send(self.system_frame({"type": "NEW_SUBSCRIPTION", "subscription": url}))
+            self._tick_wake.set()
+        return url
 
     def close_subscription(self, channel: _Channel, sub: _Subscription) -> None:
         channel.subs.pop(sub.sid, None)
         if channel.conn is not None:
             channel.conn.send(self.system_frame({"type": "SUBSCRIPTION_CLOSED", "subscription": sub.url}))
-        self._queue(channel, {"event": {"mask": ["IN_IGNORED"]}, "subscription": sub.url})
+        self._queue(channel, "inotify", {"event": {"mask": ["IN_IGNORED"]}, "subscription": sub.url})
+
+    def close_metronome(self, channel: _Channel, tick: _Metronome) -> None:
+        # Channel.subscribe's onClose: SUBSCRIPTION_CLOSED to a connected client; IN_IGNORED is
+        # inotify's, so nothing else.
+        if channel.metronomes.pop(tick.sid, None) is None:
+            return
+        if channel.conn is not None:
+            channel.conn.send(self.system_frame({"type": "SUBSCRIPTION_CLOSED", "subscription": tick.url}))
 
     def close_channel(self, channel: _Channel) -> None:
         self.channels.pop(channel.cid, None)
         if channel.conn is not None:
-            for sub in channel.subs.values():
-                channel.conn.send(self.system_frame({"type": "SUBSCRIPTION_CLOSED", "subscription": sub.url}))
+            for url in [s.url for s in channel.subs.values()] + [m.url for m in channel.metronomes.values()]:
+                channel.conn.send(self.system_frame({"type": "SUBSCRIPTION_CLOSED", "subscription": url}))
             channel.conn.close()
         channel.subs.clear()
+        channel.metronomes.clear()
         channel.backlog.clear()
 
     # -- stream ----------------------------------------------------------------------------
@@ -498,6 +830,133 @@ def _multistatus(href: str, is_dir: bool, size: int, mtime_ms: int) -> bytes:
 def _error(status: int, detail: str | None = None) -> tuple[int, bytes]:
     phrase = HTTPStatus(status).phrase
     return status, _json({"status": str(status), "title": phrase, "detail": detail or phrase})
+
+
+def _query_flag(query: dict[str, list[str]], name: str) -> bool:
+    # A JAX-RS boolean @QueryParam: Boolean.valueOf of the first value ("true", any case).
+    values = query.get(name) or [""]
+    return values[0].lower() == "true"
+
+
+def _java_int(text: str) -> int:
+    if not _JAVA_INT.fullmatch(text):
+        raise ValueError(text)
+    value = int(text)
+    if not _INT_MIN <= value <= _INT_MAX:
+        raise ValueError(text)
+    return value
+
+
+def _page_window(query: dict[str, list[str]]) -> tuple[int, int | None] | str:
+    """(offset, limit) of a listing, or the 400's detail (FileResources.getFileAttributes)."""
+    # Both are parsed before either's sign is checked; no limit means no limit (no maximum).
+    try:
+        offset = _java_int(query["offset"][0]) if "offset" in query else 0
+        limit = _java_int(query["limit"][0]) if "limit" in query else None
+    except ValueError:
+        return "limit and offset must be an integer value."
+    if offset < 0 or (limit is not None and limit < 0):
+        return "limit and offset can not be less than zero."
+    return offset, limit
+
+
+def _attributes(entry: _Entry, optional: bool, name: str | None = None) -> dict[str, Any]:
+    """NamespaceUtils.chimeraToJsonAttributes, for the attributes the emulator keeps.
+
+    JsonFileAttributes omits unset members (NON_NULL); Jackson's member order is not reproduced
+    (JSON objects are unordered)."""
+    body: dict[str, Any] = {
+        "pnfsId": entry.pnfsid,
+        "nlink": entry.nlink,
+        "mtime": entry.mtime,
+        "creationTime": entry.creation_time,
+        "size": entry.size,
+        "mode": _DIR_MODE if entry.is_dir else _FILE_MODE,  # permission bits only
+        "fileType": "DIR" if entry.is_dir else "REGULAR",
+        "fileMimeType": _DIR_MIME if entry.is_dir else _FILE_MIME,
+        "labels": [],  # JsonFileAttributes.getLabels: an empty set when there are none
+    }
+    if optional:
+        # addAllOptionalAttributes: of its attributes only atime and ctime are emulated; access
+        # latency, retention policy, ACL, owner, group, flags, HSM, storage info, locations,
+        # checksums, storage and cache class and QoS are not.
+        body["atime"] = entry.atime
+        body["ctime"] = entry.ctime
+    if name is not None:
+        body["fileName"] = name  # FileResources sets it on children, never on the target
+    return body
+
+
+def _refuse_constant(token: str) -> Any:
+    raise ValueError(f"Non-standard token '{token}'")
+
+
+def _metronome_selector(raw: Any, username: str) -> tuple[dict[str, Any], str, float, int] | str:
+    """A metronome selector read as Metronome.deserialise and Selector.validationError do.
+
+    Returns the 400's detail, or (the selector as GET shows it, the message with ${username}
+    replaced, the period in seconds, the count)."""
+    # Parse errors carry no "Bad selector: " prefix (Metronome.deserialise throws its own
+    # BadRequestException) and come in document order. Only "Bad selector value: " and the
+    # Unrecognized field "<name>" opening are upstream's text: Jackson's wording after them is
+    # not emulated, nor is its leniency (it coerces numeric strings and nulls to numbers);
+    # anything but the schema's types (selectors-schema.json) is refused here.
+    if not isinstance(raw, dict):
+        return "Bad selector value: a selector is a JSON object"
+    frequency: float | None = None
+    delay: float | None = None
+    supplied: str | None = None
+    count = 0
+    for key, value in raw.items():
+        if key in ("frequency", "delay", "count"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return f'Bad selector value: "{key}" must be a number'
+            if key == "frequency":
+                frequency = float(value)
+            elif key == "delay":
+                delay = float(value)
+            else:
+                count = int(value)  # a Java long: Jackson drops a fraction (ACCEPT_FLOAT_AS_INT)
+        elif key == "message":
+            if not isinstance(value, str):
+                return 'Bad selector value: "message" must be a string'
+            supplied = value
+        else:
+            return f'Bad selector value: Unrecognized field "{key}"'
+    message = _METRONOME_MESSAGE if supplied is None else supplied.replace("${username}", username)
+    problem = None
+    if frequency is None and delay is None:
+        problem = 'either "frequency" or "delay" must be specified'
+    elif frequency is not None and delay is not None:
+        problem = '"frequency" and "delay" cannot both be specified'
+    elif frequency is not None and frequency < _MIN_HZ:
+        problem = f'"frequency" is too small (less than {_MIN_HZ_TEXT})'
+    elif frequency is not None and frequency > _MAX_HZ:
+        problem = f'"frequency" is too big (more than {_MAX_HZ_TEXT})'
+    elif delay is not None and delay < _MIN_DELAY:
+        problem = f'"delay" is too small (less than {_MIN_DELAY_TEXT})'
+    elif delay is not None and delay > _MAX_DELAY:
+        problem = f'"delay" is too big (more than {_MAX_DELAY_TEXT})'
+    elif not message:
+        problem = '"message" cannot be empty'
+    elif count < 0:
+        problem = '"count" must be non-negative'
+    if problem is not None:
+        return f"Bad selector: {problem}"  # EventResources.subscribe, BAD_SELECTOR
+    seconds = delay if delay is not None else 1 / frequency  # type: ignore[operator]
+    micros = math.floor(1_000_000 * seconds + 0.5)  # Selector.tickDelay: Math.round to µs
+    # Selection.selector(): the Selector's getters with NON_NULL, in its field order: the
+    # message as supplied (before ${username}), the count only when non-zero.
+    stored: dict[str, Any] = {}
+    if frequency is not None:
+        stored["frequency"] = frequency
+    if delay is not None:
+        stored["delay"] = delay
+    if supplied is not None:
+        stored["message"] = supplied
+    if count:
+        stored["count"] = count
+    return stored, message, micros / 1_000_000, count
 
 
 def _make_handler(emu: DCacheEmulator, *, door: bool = False) -> type[BaseHTTPRequestHandler]:
@@ -602,7 +1061,9 @@ def _make_handler(emu: DCacheEmulator, *, door: bool = False) -> type[BaseHTTPRe
                 emu.requests.append((self.command, path, 401))
                 return
             if rest.startswith("/namespace"):
-                self._namespace(rest[len("/namespace") :] or "/", parse_qs(split.query))
+                self._namespace(
+                    rest[len("/namespace") :] or "/", parse_qs(split.query, keep_blank_values=True)
+                )
             elif rest.startswith("/events/channels"):
                 self._channels(
                     rest[len("/events/channels") :], user, parse_qs(split.query, keep_blank_values=True)
@@ -654,34 +1115,32 @@ def _make_handler(emu: DCacheEmulator, *, door: bool = False) -> type[BaseHTTPRe
 
         # -- namespace ---------------------------------------------------------------------
         def _namespace(self, path: str, query: dict[str, list[str]]) -> None:
+            """FileResources.getFileAttributes (modules/dcache-frontend/.../resources/namespace/
+            FileResources.java): one object for ``path``, plus a page of children for a DIR."""
+            # {path} arrives percent-decoded (JAX-RS @PathParam; _dispatch unquotes), so a client
+            # must percent-encode %, #, ? and spaces in names.
             path = path.rstrip("/") or "/"
+            listing = _query_flag(query, "children")
+            optional = _query_flag(query, "optional")
+            status, body = 200, b""
             with emu.lock:
                 entry = emu.entries.get(path)
                 if entry is None:
-                    self._fail(404, "Not Found")
-                    return
-                body: dict[str, Any] = {
-                    "fileType": "DIR" if entry.is_dir else "REGULAR",
-                    "pnfsId": entry.pnfsid,
-                    "size": entry.size,
-                    "mtime": entry.mtime,
-                    "ctime": entry.ctime,
-                }
-                if entry.is_dir and query.get("children") == ["true"]:
-                    prefix = path.rstrip("/") + "/"
-                    body["children"] = [
-                        {
-                            "fileName": p[len(prefix) :],
-                            "fileType": "DIR" if e.is_dir else "REGULAR",
-                            "pnfsId": e.pnfsid,
-                            "size": e.size,
-                            "mtime": e.mtime,
-                            "ctime": e.ctime,
-                        }
-                        for p, e in sorted(emu.entries.items())
-                        if p.startswith(prefix) and "/" not in p[len(prefix) :] and p != path
-                    ]
-            self._reply(200, _json(body))
+                    status, body = _error(404, "Not Found")
+                else:
+                    attributes = _attributes(entry, optional)
+                    # Only a DIR gets children; for a file the flag (and limit/offset) is ignored.
+                    if entry.is_dir and listing:
+                        window = _page_window(query)
+                        if isinstance(window, str):
+                            status, body = _error(400, window)
+                        else:
+                            attributes["children"] = [
+                                _attributes(child, optional, name) for name, child in emu.page(path, *window)
+                            ]
+                    if status == 200:
+                        body = _json(attributes)
+            self._reply(status, body)
 
         # -- channels ----------------------------------------------------------------------
         def _channels(self, rest: str, user: str, query: dict[str, list[str]]) -> None:
@@ -786,6 +1245,11 @@ def _make_handler(emu: DCacheEmulator, *, door: bool = False) -> type[BaseHTTPRe
                             batch.append(conn.frames.get_nowait())
                         except queue.Empty:
                             break
+                    if conn.blackholed:
+                        # The network drops everything from here on, a close included: hold the
+                        # socket, silently, until the emulator stops (no spinning, no bytes).
+                        emu.wait_stopped()
+                        return
                     ended = batch[-1] is None
                     chunk = b"".join(f for f in batch if f is not None)
                     if not chunk:
@@ -814,19 +1278,29 @@ def _make_handler(emu: DCacheEmulator, *, door: bool = False) -> type[BaseHTTPRe
         # -- subscriptions -----------------------------------------------------------------
         def _subscriptions(self, channel: _Channel, parts: list[str]) -> None:
             if parts == ["subscriptions"] and self.command == "GET":
+                # Channel.getSubscriptions: every type's (a ConcurrentHashMap's values: no order).
                 with emu.lock:
                     urls = [s.url for s in channel.subs.values()]
+                    urls += [m.url for m in channel.metronomes.values()]
                 self._reply(200, _json(urls))
                 return
             if len(parts) == 2 and parts[0] == "subscriptions" and self.command == "POST":
-                if parts[1] != "inotify":
+                if parts[1] == "inotify":
+                    self._subscribe(channel)
+                elif parts[1] == "metronome":
+                    self._subscribe_metronome(channel)
+                else:
                     self._fail(400, f"Unknown event type: {parts[1]}")
-                    return
-                self._subscribe(channel)
                 return
             if len(parts) == 3 and parts[0] == "subscriptions":
+                # Channel.getSubscription: looked up by (event type, id).
+                kind, sid = parts[1], parts[2]
                 with emu.lock:
-                    sub = channel.subs.get(parts[2])
+                    sub: _Subscription | _Metronome | None = None
+                    if kind == "inotify":
+                        sub = channel.subs.get(sid)
+                    elif kind == "metronome":
+                        sub = channel.metronomes.get(sid)
                 if sub is None:
                     self._fail(
                         404, "No such subscription" if self.command == "GET" else "Subscription not found"
@@ -835,12 +1309,34 @@ def _make_handler(emu: DCacheEmulator, *, door: bool = False) -> type[BaseHTTPRe
                     self._reply(200, _json(sub.selector))
                 elif self.command == "DELETE":
                     with emu.lock:
-                        emu.close_subscription(channel, sub)
+                        if isinstance(sub, _Metronome):
+                            emu.close_metronome(channel, sub)
+                        else:
+                            emu.close_subscription(channel, sub)
                     self._reply(204)
                 else:
                     self._fail(405, "Method Not Allowed")
                 return
             self._fail(404, "Not Found")
+
+        def _subscribe_metronome(self, channel: _Channel) -> None:
+            """Metronome.select then EventResources.subscribe: always a new subscription (201)."""
+            raw = self._body()
+            if not raw:
+                self._fail(400, "Missing JSON entity in POST request")
+                return
+            try:
+                # Jackson refuses NaN and Infinity, which Python's parser accepts.
+                selector = json.loads(raw, parse_constant=_refuse_constant)
+            except (json.JSONDecodeError, ValueError) as exc:
+                self._fail(400, f"Supplied JSON is invalid: {exc}")
+                return
+            parsed = _metronome_selector(selector, channel.owner)
+            if isinstance(parsed, str):
+                self._fail(400, parsed)
+                return
+            url = emu.add_metronome(channel, *parsed)
+            self._reply(201, headers={"Location": url})
 
         def _subscribe(self, channel: _Channel) -> None:
             raw = self._body()

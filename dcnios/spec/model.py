@@ -241,6 +241,13 @@ class SourceSpec:
     request_timeout: Duration = spec_field(
         Duration(30), doc="timeout of non-streaming calls", check=_positive
     )
+    heartbeat: Duration = spec_field(
+        Duration(10),
+        doc=(
+            "period of the metronome subscribed on the channel (dCache sends no keep-alive); "
+            "a stream silent for 3 periods is reconnected; 0 turns it off"
+        ),
+    )
 
     @staticmethod
     def derive_defaults(values: dict[str, Any]) -> dict[str, Any]:
@@ -257,6 +264,9 @@ class SourceSpec:
             yield "paths", "must name at least one directory"
         if self.endpoint.endswith("/"):
             yield "endpoint", "drop the trailing '/'"
+        if self.heartbeat and not 0.001 <= self.heartbeat <= 300:
+            # dCache's metronome takes a delay of 1e-6 s to 300 s (Metronome.java).
+            yield "heartbeat", "must be 0 (off) or between 1ms and 300s (dCache's metronome limits)"
 
     def topic_for(self, path: str) -> str:
         """The topic a record with this full path goes to: the first matching route, else ``topic``."""

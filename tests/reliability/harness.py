@@ -22,6 +22,7 @@ from dcnios.kafka import ensure_topics
 from dcnios.sandbox.records import produce_sample_events
 from dcnios.spec import PipelineSpec, load_spec
 from dcnios.status import partition_extents
+from dcnios.storage_event import StorageEvent
 from dcnios.topics import topic_plan
 
 BIN = Path(sys.executable).parent
@@ -154,6 +155,49 @@ def paths_in(spec: PipelineSpec, topic: str) -> list[str]:
         except CodecError:
             continue
     return paths
+
+
+def events_in(spec: PipelineSpec, topic: str) -> list[StorageEvent]:
+    codec = StorageEventCodec()
+    events = []
+    for value, headers in read_all(spec, topic):
+        try:
+            events.append(codec.decode(value, headers, topic))
+        except CodecError:
+            continue
+    return events
+
+
+@dataclass(frozen=True)
+class Duplicates:
+    """Extra records for expected files, split by what the at-least-once contract allows."""
+
+    lost: int
+    replays: int  # the same (channel, event id) again: an unacknowledged event replayed
+    republished: int  # a file already published, published again (by a listing, or a new event)
+
+    @property
+    def total(self) -> int:
+        return self.replays + self.republished
+
+
+def duplicates(events: Iterable[StorageEvent], expected: set[str]) -> Duplicates:
+    seen_paths: set[str] = set()
+    seen_ids: set[tuple[str, int]] = set()
+    replays = republished = 0
+    for event in events:
+        if event.path not in expected:
+            continue
+        ident = (event.channel, event.event_id) if event.event_id is not None else None
+        if event.path in seen_paths:
+            if ident is not None and ident in seen_ids:
+                replays += 1
+            else:
+                republished += 1
+        seen_paths.add(event.path)
+        if ident is not None:
+            seen_ids.add(ident)
+    return Duplicates(len(expected - seen_paths), replays, republished)
 
 
 def count(paths: Iterable[str], expected: set[str]) -> tuple[int, int]:

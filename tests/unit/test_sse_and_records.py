@@ -3,7 +3,22 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dcnios.producers.records import interpret, join_path
+from dcnios.producers.records import (
+    Interpretation,
+    Invalid,
+    NewDirectory,
+    Overflow,
+    Publish,
+    Removed,
+    Skip,
+    System,
+    Tick,
+    WatchGone,
+    interpret,
+    join_path,
+    listed_event,
+    listed_mask,
+)
 from dcnios.producers.sse import Frame, iter_frames
 from dcnios.spec import parse_spec
 
@@ -47,35 +62,52 @@ def test_parser_never_raises_on_garbage(data: bytes, size: int) -> None:
     list(iter_frames([data[i : i + size] for i in range(0, len(data), size)]))
 
 
+def kinds(frame: Frame, extra: str = "") -> list[type]:
+    return [type(o) for o in run(frame, extra).outcomes]
+
+
 def test_upload_becomes_record_with_full_path() -> None:
     (frame,) = iter_frames([FRAME])
-    (outcome,) = run(frame)
-    assert outcome.kind == "publish" and outcome.event is not None
-    assert outcome.event.path == "/data/in/file1.dat" and outcome.event.event_id == 7
-    assert outcome.event.channel == "ch" and outcome.event.subscription == SUB
+    meaning = run(frame)
+    assert meaning.event_id == 7
+    match meaning.outcomes:
+        case (Publish(event),):
+            assert event.path == "/data/in/file1.dat" and event.event_id == 7
+            assert event.channel == "ch" and event.subscription == SUB
+        case other:
+            raise AssertionError(other)
 
 
 def test_unselected_masks_and_directories_are_skipped() -> None:
     (frame,) = iter_frames([FRAME.replace(b"IN_CLOSE_WRITE", b"IN_ATTRIB")])
-    assert [o.kind for o in run(frame)] == ["skip"]
+    assert kinds(frame) == [Skip]
     (frame,) = iter_frames([FRAME.replace(b'"IN_CLOSE_WRITE"', b'"IN_MOVED_TO","IN_ISDIR"')])
-    assert [o.kind for o in run(frame)] == ["skip"]
-    assert [o.kind for o in run(frame, ", recursive: true")] == ["new_dir"]
-    assert [o.kind for o in run(frame, ", recursive: true, directories: true")] == ["new_dir", "publish"]
+    assert kinds(frame) == [Skip]
+    assert kinds(frame, ", recursive: true") == [NewDirectory]
+    assert kinds(frame, ", recursive: true, directories: true") == [NewDirectory, Publish]
+
+
+def test_names_leaving_are_removed_and_published_only_if_selected() -> None:
+    (frame,) = iter_frames([FRAME.replace(b"IN_CLOSE_WRITE", b"IN_MOVED_FROM")])
+    assert run(frame).outcomes == (Removed("/data/in/file1.dat", False),)
+    assert kinds(frame, ", events: [IN_MOVED_FROM]") == [Removed, Publish]
+    (frame,) = iter_frames([FRAME.replace(b'"IN_CLOSE_WRITE"', b'"IN_DELETE","IN_ISDIR"')])
+    assert run(frame).outcomes == (Removed("/data/in/file1.dat", True),)
 
 
 def test_nameless_and_management_events_do_not_crash() -> None:
     cases = (
-        (b"IN_IGNORED", "watch_gone"),
-        (b"IN_Q_OVERFLOW", "overflow"),
-        (b"IN_DELETE_SELF", "watch_gone"),
-        (b"IN_MOVE_SELF", "skip"),
-        (b"IN_ATTRIB", "skip"),
+        (b"IN_IGNORED", WatchGone),
+        (b"IN_Q_OVERFLOW", Overflow),
+        (b"IN_DELETE_SELF", WatchGone),
+        (b"IN_MOVE_SELF", Skip),
+        (b"IN_ATTRIB", Skip),
     )
     for mask, kind in cases:
         data = b'{"event":{"mask":["' + mask + b'"]},"subscription":"' + SUB.encode() + b'"}'
-        (outcome,) = run(Frame(b"inotify", b"9", data, b""))
-        assert outcome.kind == kind, mask
+        meaning = run(Frame(b"inotify", b"9", data, b""))
+        assert [type(o) for o in meaning.outcomes] == [kind], mask
+        assert meaning.event_id == 9
 
 
 def test_bad_input_is_invalid_with_reason() -> None:
@@ -95,15 +127,46 @@ def test_bad_input_is_invalid_with_reason() -> None:
             b"inotify", b"1", b'{"event":{"name":"x","mask":["IN_CLOSE_WRITE"]},"subscription":"u"}', b""
         ): "event from unknown subscription u",
         Frame(b"SYSTEM", None, b"nope", b""): "SYSTEM frame without a JSON type",
+        Frame(
+            b"inotify",
+            b"1",
+            b'{"event":{"name":"\\udcff","mask":["IN_CLOSE_WRITE"]},"subscription":"' + SUB.encode() + b'"}',
+            b"",
+        ): "event.name is not valid Unicode: '\\udcff'",
+        Frame(b"metronome", None, b'{"event":"tick","subscription":"u"}', b""): (
+            "metronome frame without a valid id: field"
+        ),
+        Frame(b"metronome", b"3", b'{"event":"tick"}', b""): "metronome frame without a subscription URL",
     }
     for frame, reason in cases.items():
-        (outcome,) = run(frame)
-        assert (outcome.kind, outcome.reason) == ("invalid", reason)
+        assert run(frame).outcomes == (Invalid(reason),), frame
 
 
-def test_other_event_types_are_skipped() -> None:
-    (outcome,) = run(Frame(b"metronome", b"1", b'{"event":"tick"}', b""))
-    assert outcome.kind == "skip"
+def test_metronome_ticks_and_other_event_types_keep_their_id() -> None:
+    meaning = run(Frame(b"metronome", b"4", b'{"event":"tick","subscription":"' + SUB.encode() + b'"}', b""))
+    assert meaning == Interpretation(4, (Tick(SUB),))
+    meaning = run(Frame(b"future", b"5", b"{}", b""))
+    assert meaning.event_id == 5 and kinds(Frame(b"future", b"5", b"{}", b"")) == [Skip]
+
+
+def test_system_frames_have_no_id() -> None:
+    meaning = run(Frame(b"SYSTEM", None, b'{"type":"SUBSCRIPTION_CLOSED","subscription":"u"}', b""))
+    assert meaning == Interpretation(None, (System("SUBSCRIPTION_CLOSED", "u"),))
+
+
+def test_listed_event_uses_the_first_selected_content_mask() -> None:
+    event = listed_event(
+        source(), "/data/in", "a b", channel_id="ch", subscription=SUB, observed_at=9, gap="X"
+    )
+    assert (event.path, event.mask, event.synthetic, event.gap, event.event_id) == (
+        "/data/in/a b",
+        ("IN_CLOSE_WRITE",),
+        True,
+        "X",
+        None,
+    )
+    assert listed_mask(source(", events: [IN_MOVED_TO, IN_CLOSE_WRITE]")) == "IN_CLOSE_WRITE"
+    assert listed_mask(source(", events: [IN_ATTRIB, IN_MOVED_TO]")) == "IN_MOVED_TO"
 
 
 def test_join_path() -> None:
