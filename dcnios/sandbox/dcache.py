@@ -1115,8 +1115,8 @@ def _make_handler(emu: DCacheEmulator, *, door: bool = False) -> type[BaseHTTPRe
 
         # -- namespace ---------------------------------------------------------------------
         def _namespace(self, path: str, query: dict[str, list[str]]) -> None:
-            """FileResources.getFileAttributes (modules/dcache-frontend/.../resources/namespace/
-            FileResources.java): one object for ``path``, plus a page of children for a DIR."""
+            """FileResources.getFileAttributes: one object for ``path``, plus a page of children
+            for a DIR (ChimeraNameSpaceProvider.list counts [offset, offset+limit) past . and ..)."""
             # {path} arrives percent-decoded (JAX-RS @PathParam; _dispatch unquotes), so a client
             # must percent-encode %, #, ? and spaces in names.
             path = path.rstrip("/") or "/"
