@@ -259,8 +259,10 @@ class SourceRunner:
         self.stream.open(url, resume_id, silence=self.watch_set.silence)
         if fresh:
             since = now_millis()
-            missed = self._await_attach(self.watch_set.watch_roots())
+            # The heartbeat first: its ticks keep the stream from looking dead while we wait for
+            # the watches to be announced.
             self.watch_set.ensure_heartbeat()
+            missed = self._await_attach(self.watch_set.watch_roots())
             if checkpoint is not None:
                 # Repairing the old checkpoint's directories also covers any attach race, and any
                 # repair the old channel left unfinished.
@@ -308,6 +310,7 @@ class SourceRunner:
             if isinstance(item, Batch):
                 for frame in item.frames:
                     self._handle(frame, item.observed_ms)
+            self._tick()  # acks, index records and checkpoints go on while we wait
         return [self.watches[u] for u in created if u not in self._announced and u in self.watches]
 
     def _reconnect(self, cause: BaseException | None, backoff: float) -> float:

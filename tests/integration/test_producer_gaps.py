@@ -3,6 +3,7 @@ paged listings, names with any characters, and streams that go silent without a 
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 from producer_harness import files, make_spec, read_topic, ready_source, start, wait_for
 
+from dcnios.kafka import LatchedProducer, producer_config
+from dcnios.producers.checkpoint import CheckpointStore
 from dcnios.sandbox.dcache import DCacheEmulator
 from dcnios.spec import load_spec
 from dcnios.storage_event import StorageEvent
@@ -156,7 +159,8 @@ def test_a_watched_root_with_odd_characters(
     dcache.put_silently(f"{root}/during.dat")
     with ready_source(spec):  # the CHANNEL_LOST repair lists the root by its percent-encoded URL
         records = read_topic(bootstrap, topic, lambda r: f"{root}/during.dat" in files(r))
-    assert Counter(files(records)) == {f"{root}/live.dat": 1, f"{root}/during.dat": 1}
+    # first.dat was there before the first start (never announced): the listing finds it too.
+    assert Counter(files(records)) == {f"{root}/{n}": 1 for n in ("live.dat", "during.dat", "first.dat")}
 
 
 def test_large_directories_are_listed_in_pages(
@@ -216,3 +220,77 @@ def test_the_heartbeat_is_one_metronome_across_restarts(
             wait_for(lambda r=runner: r.progress.safe_id is not None, timeout=10)  # ticks are progress too
     (channel,) = dcache.channels.values()
     assert len(channel.metronomes) == 1
+
+
+def _failing_listings(emu: DCacheEmulator, times: int | None) -> list[str]:
+    """The next ``times`` listings (every one, if None) answer 503, as a frontend under load does."""
+    failed: list[str] = []
+
+    def hook(method: str, path: str) -> None:
+        if "/namespace/" in path and (times is None or len(failed) < times):
+            failed.append(path)
+            emu.fail_next.append(503)
+
+    emu.before_request = hook
+    return failed
+
+
+def test_a_listing_that_fails_for_a_while_is_retried_and_holds_the_checkpoint(
+    bootstrap: str, dcache: DCacheEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    prefix = unique("p")
+    spec = make_spec(tmp_path, bootstrap, dcache.endpoint, prefix)
+    with ready_source(spec) as runner:
+        dcache.srm_upload("/data/in/seen")
+        wait_for(lambda: runner.progress.safe_id is not None)
+    away = overrun_backlog(dcache, "/data/in")
+    failed = _failing_listings(dcache, 2)
+    with ready_source(spec) as runner:
+        records = read_topic(
+            bootstrap, spec.sources[0].topic, lambda r: set(away) <= set(files(r)), timeout=30
+        )
+        gaps = read_topic(bootstrap, f"{prefix}.gaps", lambda r: any(g["reason"] == "EVENT_LOSS" for g in r))
+    assert len(failed) == 2
+    assert set(away) <= set(files(records))
+    (loss,) = [g for g in gaps if g["reason"] == "EVENT_LOSS"]
+    assert loss["reconciled"] == len(away) and "failed" not in loss
+
+
+def test_an_unfinished_repair_survives_a_restart(
+    bootstrap: str, dcache: DCacheEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    spec = make_spec(tmp_path, bootstrap, dcache.endpoint, unique("p"))
+    with ready_source(spec) as runner:
+        dcache.srm_upload("/data/in/seen")
+        wait_for(lambda: runner.progress.safe_id is not None)
+        seen_id = runner.progress.safe_id
+    dcache.overflow("/data/in")  # IN_Q_OVERFLOW while away: a gap with an event id
+    dcache.put_silently("/data/in/hidden")
+    failed = _failing_listings(dcache, None)
+    with ready_source(spec) as runner:
+        wait_for(lambda: len(failed) >= 1 and runner.reconciler.busy, timeout=20)
+        time.sleep(1.5)  # a checkpoint interval: the pending repair is saved
+    checkpoint = CheckpointStore(spec.kafka, LatchedProducer(producer_config(spec.kafka))).load("src")
+    assert checkpoint is not None and checkpoint.last_event_id == seen_id  # held before the gap
+    assert [g["reason"] for g in checkpoint.gaps] == ["IN_Q_OVERFLOW"]
+    dcache.before_request = None
+    with ready_source(spec):
+        records = read_topic(bootstrap, spec.sources[0].topic, lambda r: "/data/in/hidden" in files(r))
+    assert "/data/in/hidden" in files(records)
+
+
+def test_an_idle_restart_keeps_the_event_id(
+    bootstrap: str, dcache: DCacheEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    prefix = unique("p")
+    spec = make_spec(tmp_path, bootstrap, dcache.endpoint, prefix, extra="    heartbeat: 0\n")
+    with ready_source(spec) as runner:
+        for i in range(25):
+            dcache.srm_upload(f"/data/in/f{i}")
+        wait_for(lambda: runner.progress.safe_id == 24)
+    with ready_source(spec):
+        time.sleep(1.5)  # idle: nothing new, a checkpoint interval passes
+    with ready_source(spec):
+        time.sleep(0.5)
+    gaps = read_topic(bootstrap, f"{prefix}.gaps", lambda r: True, timeout=3)
+    assert not [g for g in gaps if g["reason"] == "EVENT_LOSS"]  # the old code resumed with -1

@@ -165,6 +165,39 @@ def test_sse_connections_dropped_every_500_events(
 
 
 @pytest.mark.reliability
+def test_streams_blackholed_without_a_fin(
+    tmp_path: Path, bootstrap: str, unique: Callable[[str], str], tally: list[Tally]
+) -> None:
+    n, every = 3000, 600
+    with DCacheEmulator() as dcache:
+        dcache.mkdir("/in")
+        spec, _ = _source_spec(tmp_path, bootstrap, unique("blackhole"), dcache.endpoint)
+
+        def upload(i: int) -> None:
+            dcache.upload(f"/in/f{i:06d}.dat", 10)
+            if i % every == every - 1:
+                dcache.blackhole()  # open and silent, as after a firewall drops the connection
+
+        with _running_source(spec) as runner:
+            pacer = Pacer(n, 300, upload).start()
+            pacer.done.wait()
+            d = _wait_all_recorded(spec, spec.sources[0].topic, {f"/in/f{i:06d}.dat" for i in range(n)})
+            silent = int(runner.metrics.silent_streams.labels("src")._value.get())
+    tally.append(
+        Tally(
+            f"SSE stream silent (no FIN) every {every} events",
+            n,
+            d.lost,
+            d.total,
+            notes=_note(
+                d, n, f"{silent} silent streams noticed by the heartbeat (1 s), resumed by Last-Event-ID"
+            ),
+        )
+    )
+    assert d.lost == 0 and d.republished == 0 and silent >= n // every - 1
+
+
+@pytest.mark.reliability
 def test_channel_expiry_and_frontend_restart(
     tmp_path: Path, bootstrap: str, unique: Callable[[str], str], tally: list[Tally]
 ) -> None:

@@ -34,7 +34,8 @@ def test_validate_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["validate", "-c", str(spec)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ConfigError: ")
-    assert "consumers[0].rate: expected '<number>/s|/m|/h', got 'fast' (line 28)" in err
+    line = broken.splitlines().index("    rate: fast                            # whole group; absent = unlimited") + 1
+    assert f"consumers[0].rate: expected '<number>/s|/m|/h', got 'fast' (line {line})" in err
     assert "Traceback" not in err
 
 

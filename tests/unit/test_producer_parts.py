@@ -227,3 +227,17 @@ def test_flags_follow_the_spec_and_the_index_needs_departures() -> None:
     assert ws.flags() == ["IN_CLOSE_WRITE", "IN_CREATE", "IN_DELETE_SELF", "IN_MOVED_TO"]
     assert ws.silence == 31.0
     assert WatchSet(source(", heartbeat: 0"), None).silence is None  # type: ignore[arg-type]
+
+
+def test_listing_entries_get_the_checks_stream_names_get() -> None:
+    from dcnios.producers.dcache_api import _child
+
+    assert _child({"fileName": "../../etc/passwd", "fileType": "REGULAR"}) is None
+    assert _child({"fileName": "..", "fileType": "DIR"}) is None
+    assert _child({"fileName": "", "fileType": "REGULAR"}) is None
+    assert _child({"fileName": "\udcff"}) is None
+    assert _child(["not", "an", "object"]) is None
+    # Bad attributes are dropped, not fatal: the file is still found.
+    odd = _child({"fileName": "f", "mtime": "yesterday", "size": 10**5000, "pnfsId": 7})
+    assert odd == Child("f", False, 0, None, None)
+    assert _child({"fileName": "d", "fileType": "DIR", "mtime": 5}) == Child("d", True, 5, None, None)
