@@ -62,7 +62,14 @@ def reconcile(bootstrap: str, n: int) -> list[Result]:
         )
         spec = load_spec(path)
         ensure_topics(spec.kafka, topic_plan(spec))
-        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.size": 1_000_000})
+        producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "linger.ms": 50,
+                "batch.size": 1_000_000,
+                "queue.buffering.max.messages": 2_000_000,
+            }
+        )
         index = published_topic(spec.kafka, "src")
         now = int(time.time() * 1000)
         with emu.lock:
@@ -76,6 +83,7 @@ def reconcile(bootstrap: str, n: int) -> list[Result]:
                 except BufferError:
                     producer.poll(0.05)
         for i in range(gone):  # published, and deleted during the gap
+            producer.poll(0)
             producer.produce(index, json.dumps({"t": now}).encode(), f"/data/in/left{i:07d}.h5".encode())
         gone_channel = f"{emu.endpoint}/events/channels/{'x' * 22}"
         producer.produce(

@@ -251,7 +251,11 @@ def read_compacted(
     probe = uuid.uuid4().hex.encode()
     producer.produce(topic, probe, key=probe_key)
     producer.flush()
-    consumer = Consumer(consumer_config(kafka, f"dcnios-reader-{uuid.uuid4().hex[:8]}"))
+    # A small prefetch: a million-record index read at start must not cost librdkafka's 64 MB queue.
+    conf = consumer_config(
+        kafka, f"dcnios-reader-{uuid.uuid4().hex[:8]}", **{"queued.max.messages.kbytes": "4096"}
+    )
+    consumer = Consumer(conf)
     count = 0
     try:
         consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
