@@ -34,7 +34,8 @@ def test_validate_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["validate", "-c", str(spec)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ConfigError: ")
-    line = broken.splitlines().index("    rate: fast                            # whole group; absent = unlimited") + 1
+    rate_line = "    rate: fast                            # whole group; absent = unlimited"
+    line = broken.splitlines().index(rate_line) + 1
     assert f"consumers[0].rate: expected '<number>/s|/m|/h', got 'fast' (line {line})" in err
     assert "Traceback" not in err
 
