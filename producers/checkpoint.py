@@ -85,6 +85,10 @@ class Checkpoint:
     #: Gap repairs not finished yet: {"reason", "directories", "since_ms", "previous"} each. The
     #: checkpoint cannot pass them, and a restart resumes them.
     gaps: list[dict[str, Any]] = field(default_factory=list)
+    #: The published-files index holds this source's tree (a baseline was taken, or every file
+    #: came through it). False in a checkpoint written before the index existed: the next start
+    #: then takes the baseline, instead of reading an empty index as "nothing was ever published".
+    indexed: bool = False
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False).encode()

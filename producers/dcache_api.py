@@ -247,10 +247,6 @@ class DCacheClient:
         response = self.request("PATCH", channel_url, what="set channel timeout", json={"timeout": seconds})
         self._check(response, "set channel timeout", 204)
 
-    def delete_channel(self, channel_url: str) -> None:
-        response = self.request("DELETE", channel_url, what="delete channel")
-        self._check(response, "delete channel", 204, 404)
-
     # -- subscriptions ---------------------------------------------------------------------
     def subscribe(self, channel_url: str, path: str, flags: list[str]) -> tuple[str, bool]:
         """Returns (subscription URL, created). 303 means merged into an existing watch."""

@@ -92,6 +92,7 @@ class PublishedIndex:
         #: Our clock when the newest listing page was requested: a live event read before it
         #: may already be covered by what that listing published.
         self.last_listing_ms = 0
+        self._listing_started_ms = 0
 
     def close(self) -> None:
         self._db.close()
@@ -222,19 +223,25 @@ class PublishedIndex:
             )
         return self._forget(gone)
 
-    def begin_listing(self) -> None:
+    def begin_listing(self, at_ms: int) -> None:
+        """A directory's listing starts at ``at_ms`` (our clock), before its first page."""
         self._db.execute("DELETE FROM listed")
+        self._listing_started_ms = at_ms
 
     def listing_at(self, at_ms: int) -> None:
         """A listing page is about to be requested at ``at_ms`` (our clock)."""
         self.last_listing_ms = max(self.last_listing_ms, at_ms)
 
     def end_listing(self, directory: str) -> list[IndexRecord]:
-        """The listing of ``directory`` is complete: files it no longer shows have left."""
+        """The listing of ``directory`` is complete: files it no longer shows have left.
+
+        Only files published before the listing started: one published live while it ran may
+        have been written after its page was read, and is not gone.
+        """
         gone = list(
             self._db.execute(
-                "SELECT dir, name FROM files WHERE dir=? AND name NOT IN (SELECT name FROM listed)",
-                (directory,),
+                "SELECT dir, name FROM files WHERE dir=? AND t < ? AND name NOT IN (SELECT name FROM listed)",
+                (directory, self._listing_started_ms),
             )
         )
         self._db.execute("DELETE FROM listed")
@@ -306,6 +313,3 @@ class IndexWriter:
             self.producer.produce(
                 self.topic, write.value, key=write.key, on_delivery=self.on_delivery, token=write.token
             )
-
-    def __len__(self) -> int:
-        return len(self._queue)

@@ -44,7 +44,11 @@ class Gap:
     todo: deque[str]
     previous: str | None = None
     record: bool = True
+    #: A baseline (the first start over an existing tree): files never published whose mtime is
+    #: before this (our clock, less the skew) are indexed as handled, not published.
+    baseline_before: int | None = None
     found: int = 0
+    baselined: int = 0
     failed: list[str] = field(default_factory=list)
     done: set[str] = field(default_factory=set)
     retry_in: float = 0.0
@@ -96,14 +100,20 @@ class Reconciler:
         *,
         previous: str | None = None,
         record: bool = True,
+        baseline_before: int | None = None,
     ) -> None:
         """A gap in ``directories``: since ``since_ms`` (our clock; 0 for "ever") events may be missing."""
         name = self.source.name
         self.metrics.gaps.labels(name, reason).inc()
-        logger.warning("%s: gap %s in %s", name, reason, directories)
+        if baseline_before is None:
+            logger.warning("%s: gap %s in %s", name, reason, directories)
+        else:
+            logger.info("%s: taking the baseline of %s", name, directories)
         slot = self.progress.add(None, 1, now_millis())  # the 1 is the repair itself
         todo = deque(sorted(set(directories))) if self.source.reconcile else deque()
-        self.gaps.append(Gap(reason, directories, since_ms, slot, todo, previous, record))
+        self.gaps.append(
+            Gap(reason, directories, since_ms, slot, todo, previous, record, baseline_before=baseline_before)
+        )
         if not self.source.reconcile:
             self._finish(self.gaps.pop())
 
@@ -123,7 +133,7 @@ class Reconciler:
             self._directory = gap.todo[0]
             self._listing = self.client.iter_listing(self._directory)
             assert self.index is not None
-            self.index.begin_listing()
+            self.index.begin_listing(now_millis())
         directory = self._directory
         assert directory is not None and self.index is not None
         # Before the request: a frame read before it is about a state this page shows.
@@ -152,6 +162,8 @@ class Reconciler:
         takes (the checkpoint waits); a directory gone leaves the index; anything else is
         reported in the gap record as ``failed``."""
         self._listing, self._directory = None, None
+        # A directory that changes too fast to list in pages (ListingUnstableError) is transient
+        # too: giving up would lose its files, and every attempt publishes what it saw.
         transient = exc.status is None or exc.status == 429 or exc.status >= 500
         if transient and not isinstance(exc, UnreadableListingError):
             gap.retry_in = min(_LAST_RETRY, gap.retry_in * 2 or _FIRST_RETRY)
@@ -182,6 +194,7 @@ class Reconciler:
                 "directories": sorted(set(g.todo) - g.done),
                 "since_ms": g.since_ms,
                 "previous": g.previous,
+                **({"baseline_before": g.baseline_before} if g.baseline_before is not None else {}),
             }
             for g in self.gaps
         ]
@@ -201,14 +214,25 @@ class Reconciler:
         subscription = self.watches.subscription_for(directory)
         verdicts = self.index.compare(directory, page)
         name = self.source.name
+        found_before = gap.found
         for child, verdict in verdicts:
-            self.metrics.listed.labels(name, verdict.value).inc()
+            baseline = (
+                verdict is Verdict.NEW
+                and gap.baseline_before is not None
+                and child.mtime < gap.baseline_before
+            )
+            self.metrics.listed.labels(name, "baselined" if baseline else verdict.value).inc()
             if verdict is Verdict.SAME:
                 continue
             if verdict is Verdict.SAME_UNSEEN:
                 learned = self.index.learned(directory, child)
                 if learned is not None:
                     self.outbox.index_now([learned], gap.slot)
+                continue
+            if baseline:
+                path = join_path(directory, child.name)
+                self.outbox.index_now([self.index.published(path, listed_at, child)], gap.slot)
+                gap.baselined += 1
                 continue
             event = listed_event(
                 self.source,
@@ -221,9 +245,7 @@ class Reconciler:
             )
             self.outbox.publish(event, gap.slot, listed_at, child=child, at_ms=listed_at)
             gap.found += 1
-        self.metrics.synthetic.labels(name).inc(
-            sum(1 for _, v in verdicts if v in (Verdict.NEW, Verdict.CHANGED))
-        )
+        self.metrics.synthetic.labels(name).inc(gap.found - found_before)
 
     def _finish(self, gap: Gap) -> None:
         now = now_millis()
@@ -241,6 +263,14 @@ class Reconciler:
             }
             if gap.failed:
                 record["failed"] = sorted(gap.failed)
+            if gap.baseline_before is not None:
+                record["baselined"] = gap.baselined
             self.outbox.gap(record, gap.slot)
         gap.slot.pending -= 1
-        logger.info("%s: gap %s repaired: %d files published", self.source.name, gap.reason, gap.found)
+        logger.info(
+            "%s: gap %s repaired: %d files published%s",
+            self.source.name,
+            gap.reason,
+            gap.found,
+            f", {gap.baselined} already there indexed as handled" if gap.baseline_before is not None else "",
+        )

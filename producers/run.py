@@ -28,7 +28,7 @@ from dcnios.kafka import LatchedProducer, producer_config
 from dcnios.metrics import ProducerMetrics
 from dcnios.producers.checkpoint import Checkpoint, CheckpointStore, Progress, Slot
 from dcnios.producers.dcache_api import DCacheClient
-from dcnios.producers.index import PublishedIndex
+from dcnios.producers.index import CLOCK_SKEW_MS, PublishedIndex
 from dcnios.producers.outbox import Outbox
 from dcnios.producers.reconcile import Reconciler
 from dcnios.producers.records import (
@@ -135,6 +135,7 @@ class SourceRunner:
         self._announced: set[str] = set()
         self._saved: tuple[object, ...] | None = None
         self._last_save = 0.0
+        self._baseline_opened = False
 
     @property
     def watches(self) -> dict[str, str]:
@@ -217,7 +218,43 @@ class SourceRunner:
             self.last_received,
             dict(self.watches),
             self.last_observed_ms or now_millis(),
+            gaps=self.reconciler.pending(),
+            indexed=self.index is not None,
         )
+
+    def _open_baseline(self, checkpoint: Checkpoint | None) -> None:
+        """The first start over an existing tree: an empty index means "never looked", not
+        "nothing was ever published", so list the tree once before any gap can be repaired.
+
+        Files older than the last time we know of (the checkpoint's last event, or now, less the
+        clock skew) are indexed as handled; newer ones are published, which also covers the
+        attach race. ``backfill: true`` publishes every file instead, on a first start only.
+        """
+        if self.index is None or self._baseline_opened or len(self.index):
+            return
+        if checkpoint is not None and checkpoint.indexed:
+            return  # an empty tree; or a baseline under way, which resumes from the checkpoint
+        self._baseline_opened = True
+        directories = sorted(set(self.source.paths) | set(checkpoint.watches.values() if checkpoint else ()))
+        if self.source.backfill and checkpoint is None:
+            self.reconciler.open("BACKFILL", directories, 0)
+            return
+        cut = (checkpoint.last_observed_ms if checkpoint else now_millis()) - CLOCK_SKEW_MS
+        self.reconciler.open("BASELINE", directories, cut, baseline_before=cut)
+
+    def _resume_gaps(self, checkpoint: Checkpoint | None, *, only_baselines: bool = False) -> None:
+        """Repairs the last run left unfinished: the checkpoint waited for them."""
+        for gap in checkpoint.gaps if checkpoint is not None else []:
+            baseline_before = gap.get("baseline_before")
+            if only_baselines and baseline_before is None:
+                continue
+            self.reconciler.open(
+                str(gap.get("reason", "RESUMED")),
+                list(gap.get("directories", [])),
+                int(gap.get("since_ms", 0)),
+                previous=gap.get("previous"),
+                baseline_before=None if baseline_before is None else int(baseline_before),
+            )
 
     def _connect(self, checkpoint: Checkpoint | None) -> None:
         src = self.source
@@ -248,11 +285,23 @@ class SourceRunner:
             # repair below must still repair from there, not from now.
             self.last_observed_ms = checkpoint.last_observed_ms if checkpoint else now_millis()
             self.progress.new_channel()
+            self._announced.clear()  # subscription URLs of the old channel
             logger.info("%s: created channel %s", src.name, url)
         self.channel_url = url
         self.watch_set.reset(url, watches)
         timeout = min(int(src.channel_timeout), self.client.max_channel_timeout())
         self.client.set_timeout(url, timeout)
+        self._open_baseline(checkpoint)
+        if fresh and checkpoint is not None:
+            # Opened before the first save of the new channel: a checkpoint of it that did not
+            # carry this repair would let a crash skip everything the old channel missed.
+            # Repairing the old checkpoint's directories also covers any attach race.
+            self._resume_gaps(checkpoint, only_baselines=True)
+            lost = list(checkpoint.watches.values()) + list(src.paths)
+            lost += [d for gap in checkpoint.gaps for d in gap.get("directories", [])]
+            self.reconciler.open(
+                "CHANNEL_LOST", sorted(set(lost)), checkpoint.last_observed_ms, previous=checkpoint.channel
+            )
         if fresh:
             self._save()  # a crash from here on resumes this channel, not a new one
         self.last_received = resume_id
@@ -263,28 +312,10 @@ class SourceRunner:
             # the watches to be announced.
             self.watch_set.ensure_heartbeat()
             missed = self._await_attach(self.watch_set.watch_roots())
-            if checkpoint is not None:
-                # Repairing the old checkpoint's directories also covers any attach race, and any
-                # repair the old channel left unfinished.
-                lost = list(checkpoint.watches.values()) or list(src.paths)
-                lost += [d for gap in checkpoint.gaps for d in gap.get("directories", [])]
-                self.reconciler.open(
-                    "CHANNEL_LOST",
-                    sorted(set(lost) | set(self.watches.values())),
-                    checkpoint.last_observed_ms,
-                    previous=checkpoint.channel,
-                )
-            elif missed:
+            if missed and checkpoint is None and not self.reconciler.busy:
                 self.reconciler.open("ATTACH_RACE", missed, since)
         else:
-            for gap in checkpoint.gaps if checkpoint is not None else []:
-                # Unfinished when the last run stopped: the checkpoint waited for it.
-                self.reconciler.open(
-                    str(gap.get("reason", "RESUMED")),
-                    list(gap.get("directories", [])),
-                    int(gap.get("since_ms", 0)),
-                    previous=gap.get("previous"),
-                )
+            self._resume_gaps(checkpoint)
             for path in self.watch_set.lost():
                 self._rewatch(path, reason="NEW_WATCH", since_ms=self.last_observed_ms)
             for root in self.watch_set.missing_roots():
@@ -336,6 +367,14 @@ class SourceRunner:
                 self.watch_set.silence or 0,
                 self.last_received,
             )
+            try:
+                # Silence can also mean the metronome itself is gone (its SUBSCRIPTION_CLOSED is
+                # not buffered while disconnected); without it every idle stream looks dead.
+                self.watch_set.ensure_heartbeat()
+            except ChannelGoneError as exc:
+                return self._reconnect(exc, backoff)
+            except DCacheError as exc:
+                logger.warning("%s: cannot check the heartbeat: %s", name, exc)
             self._open_stream()
             return backoff
         delay = min(backoff, self.source.reconnect_backoff_max) * random.uniform(0.5, 1.0)  # noqa: S311
@@ -488,6 +527,7 @@ class SourceRunner:
             self.progress.safe_observed_ms or self.last_observed_ms,
             now_millis(),
             gaps,
+            indexed=self.index is not None,
         )
         self.checkpoints.save(checkpoint)
         self._saved = state

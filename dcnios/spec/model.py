@@ -236,6 +236,13 @@ class SourceSpec:
         Duration(3600), doc="how long dCache keeps the channel while disconnected", check=_positive
     )
     reconcile: bool = spec_field(True, doc="after a gap, list the directories and publish what was missed")
+    backfill: bool = spec_field(
+        False,
+        doc=(
+            "at the first start, publish the files already in the watched directories; by default "
+            "they are indexed as handled, and only files written in the last minute are published"
+        ),
+    )
     reconnect_backoff: Duration = spec_field(Duration(0.5), doc="first reconnect delay", check=_positive)
     reconnect_backoff_max: Duration = spec_field(Duration(30), doc="largest reconnect delay", check=_positive)
     request_timeout: Duration = spec_field(
@@ -262,6 +269,8 @@ class SourceSpec:
             yield "reconnect_backoff_max", "must not be smaller than reconnect_backoff"
         if not self.paths:
             yield "paths", "must name at least one directory"
+        if self.backfill and not self.reconcile:
+            yield "backfill", "needs reconcile: true (a backfill lists against the published-files index)"
         if self.endpoint.endswith("/"):
             yield "endpoint", "drop the trailing '/'"
         if self.heartbeat and not 0.001 <= self.heartbeat <= 300:

@@ -153,8 +153,8 @@ def test_channel_expiry_gives_gap_and_synthetic_events(
 def test_reconcile_allows_for_a_dcache_clock_behind_ours(
     bootstrap: str, tmp_path: Path, unique: Callable[[str], str]
 ) -> None:
-    # Files are matched by dCache's mtime, our checkpoint holds our clock: with dCache 20 s
-    # behind, a listing that starts at our last sync time would skip every file of the gap.
+    # dCache's mtimes trail our clock by 20 s: a repair that compared them with our last sync
+    # time would skip every file of the gap; one against the published-files index does not.
     with DCacheEmulator(clock_offset_ms=-20_000) as behind:
         behind.mkdir("/data/in")
         spec = make_spec(tmp_path, bootstrap, behind.endpoint, unique("p"))

@@ -3,6 +3,7 @@ paged listings, names with any characters, and streams that go silent without a 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -71,6 +72,52 @@ def test_old_file_moved_in_during_a_gap_is_found_and_nothing_is_published_twice(
     assert moved.synthetic and moved.gap == "EVENT_LOSS"
     (loss,) = [g for g in gaps if g["reason"] == "EVENT_LOSS"]
     assert loss["reconciled"] == len(away) + 1
+
+
+def test_the_first_start_indexes_the_tree_it_finds_and_publishes_only_its_last_minute(
+    bootstrap: str, dcache: DCacheEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    prefix = unique("p")
+    spec = make_spec(tmp_path, bootstrap, dcache.endpoint, prefix)
+    topic = spec.sources[0].topic
+    written_long_ago(dcache, "/data/in/old.dat")
+    dcache.put_silently("/data/in/recent.dat")  # written while the producer was starting
+    with ready_source(spec) as runner:
+        wait_for(lambda: not runner.reconciler.busy)
+        dcache.upload("/data/in/live.dat")
+        read_topic(bootstrap, topic, lambda r: "/data/in/live.dat" in files(r))
+    dcache.expire_channels()  # the first gap lists the whole tree again
+    with ready_source(spec) as runner:
+        wait_for(lambda: not runner.reconciler.busy, timeout=30)
+        dcache.upload("/data/in/last.dat")
+        records = read_topic(bootstrap, topic, lambda r: "/data/in/last.dat" in files(r))
+        gaps = read_topic(bootstrap, f"{prefix}.gaps", lambda r: len(r) >= 2)
+    # The day-old file was there before dcnios: indexed as handled, never a job.
+    assert Counter(files(records)) == {f"/data/in/{n}.dat": 1 for n in ("recent", "live", "last")}
+    baseline = next(g for g in gaps if g["reason"] == "BASELINE")
+    assert (baseline["baselined"], baseline["reconciled"]) == (1, 1)
+    lost = next(g for g in gaps if g["reason"] == "CHANNEL_LOST")
+    assert lost["reconciled"] == 0
+
+
+def test_backfill_publishes_the_tree_found_at_the_first_start_once(
+    bootstrap: str, dcache: DCacheEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    spec = make_spec(tmp_path, bootstrap, dcache.endpoint, unique("p"), extra="    backfill: true\n")
+    topic = spec.sources[0].topic
+    for i in range(3):
+        written_long_ago(dcache, f"/data/in/old{i}.dat")
+    with ready_source(spec) as runner:
+        records = read_topic(bootstrap, topic, lambda r: len(files(r)) >= 3)
+        wait_for(lambda: not runner.reconciler.busy)
+    assert {r.gap for r in records} == {"BACKFILL"}
+    dcache.expire_channels()
+    with ready_source(spec) as runner:  # a restart, then a gap: neither backfills again
+        wait_for(lambda: not runner.reconciler.busy, timeout=30)
+        dcache.upload("/data/in/last.dat")
+        records = read_topic(bootstrap, topic, lambda r: "/data/in/last.dat" in files(r))
+    expected = [f"/data/in/old{i}.dat" for i in range(3)] + ["/data/in/last.dat"]
+    assert Counter(files(records)) == Counter(expected)
 
 
 def test_a_second_gap_republishes_nothing(
@@ -294,3 +341,32 @@ def test_an_idle_restart_keeps_the_event_id(
         time.sleep(0.5)
     gaps = read_topic(bootstrap, f"{prefix}.gaps", lambda r: True, timeout=3)
     assert not [g for g in gaps if g["reason"] == "EVENT_LOSS"]  # the old code resumed with -1
+
+
+def test_a_new_channels_first_checkpoint_carries_the_lost_channels_repair(
+    bootstrap: str, dcache: DCacheEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    """A producer killed while it subscribes on a new channel must still repair the old one's gap."""
+    spec = make_spec(tmp_path, bootstrap, dcache.endpoint, unique("p"))
+    store = CheckpointStore(spec.kafka, LatchedProducer(producer_config(spec.kafka)))
+    with ready_source(spec) as runner:
+        wait_for(lambda: not runner.reconciler.busy)
+    old = store.load("src")
+    assert old is not None
+    dcache.expire_channels()
+    subscribing = threading.Event()
+
+    def slow_subscription(method: str, path: str) -> None:
+        if method == "POST" and path.endswith("/subscriptions/inotify"):
+            subscribing.wait(20)  # many sub-directories, or a slow frontend
+
+    dcache.before_request = slow_subscription
+    running = start(spec)
+    try:
+        wait_for(lambda: (c := store.load("src")) is not None and c.channel != old.channel, timeout=15)
+        new = store.load("src")
+        assert new is not None
+        assert [(g["reason"], g["previous"]) for g in new.gaps] == [("CHANNEL_LOST", old.channel)]
+    finally:
+        subscribing.set()
+        running.halt()

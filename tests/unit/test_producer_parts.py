@@ -112,10 +112,19 @@ def test_end_of_listing_forgets_files_that_left(index: PublishedIndex) -> None:
     for name in ("stay", "gone"):
         index.published(f"/d/{name}", 1)
     index.published("/other/gone", 1)
-    index.begin_listing()
+    index.begin_listing(10)
     index.compare("/d", [Child("stay", False, 1)])
     assert index.end_listing("/d") == [(b"/d/gone", None)]
     assert len(index) == 2
+
+
+def test_a_file_published_during_the_listing_is_not_taken_for_gone(index: PublishedIndex) -> None:
+    index.published("/d/early", 1)
+    index.begin_listing(10)
+    index.compare("/d", [])  # the page was read before late.dat was written
+    index.published("/d/late.dat", 12)  # its live event came while the listing ran
+    assert index.end_listing("/d") == [(b"/d/early", None)]
+    assert [v for _, v in index.compare("/d", [Child("late.dat", False, 11)])] == [Verdict.SAME_UNSEEN]
 
 
 def test_removing_a_directory_forgets_its_subtree_only(index: PublishedIndex) -> None:
