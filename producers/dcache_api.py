@@ -64,6 +64,10 @@ class Child:
 class UnreadableListingError(DCacheError):
     """A listing dCache answered with 200 that is not one: no use asking again."""
 
+    def __init__(self, message: str, *, body: bytes) -> None:
+        super().__init__(message, status=200)
+        self.body = body
+
 
 def _int(value: Any) -> int | None:
     # Bounded to 64 bits: SQLite and Avro hold no more, and a 5000-digit number is no time.
@@ -321,12 +325,16 @@ class DCacheClient:
         checked = self._check(response, f"list {path}", 200)
         try:
             body = checked.json()
+        except RecursionError:  # nesting 100,000 deep: hostile, and not a crash
+            raise UnreadableListingError(f"list {path}: JSON nested too deep", body=checked.content) from None
         except ValueError as exc:
-            raise UnreadableListingError(f"list {path}: the answer is not JSON: {exc}", status=200) from exc
+            raise UnreadableListingError(
+                f"list {path}: the answer is not JSON: {str(exc)[:200]}", body=checked.content
+            ) from None
         children = body.get("children") if isinstance(body, dict) else None
         if not isinstance(children, list):
             raise UnreadableListingError(
-                f"list {path}: not a directory (the listing has no children)", status=200
+                f"list {path}: not a directory (the listing has no children)", body=checked.content
             )
         out = []
         for child in children:
@@ -338,6 +346,19 @@ class DCacheClient:
                 continue
             out.append(entry)
         return out
+
+    def stat(self, path: str) -> Child | None:
+        """``path``'s own attributes (the same default set a listing has); None when it is gone."""
+        response = self.request("GET", f"{self.endpoint}/namespace{url_path(path)}", what=f"stat {path}")
+        checked = self._check(response, f"stat {path}", 200, 404)
+        if checked.status_code == 404:
+            return None
+        try:
+            body = checked.json()
+        except (ValueError, RecursionError):
+            return None
+        name = path.rsplit("/", 1)[-1]
+        return _child({**body, "fileName": name}) if isinstance(body, dict) else None
 
     def iter_listing(self, path: str, page: int | None = None) -> Iterator[list[Child]]:
         """Every child of ``path``, page by page; a child may come twice, none is skipped.

@@ -164,6 +164,13 @@ class PublishedIndex:
         row = self._row(*split_path(path))
         return row is not None and row.listed and row.published_ms > observed_ms
 
+    def listed_fingerprint(self, path: str) -> tuple[str, int | None, int] | None:
+        """(pnfsId, size, mtime) of ``path`` when its last publication came from a listing."""
+        row = self._row(*split_path(path))
+        if row is None or not row.listed or row.pnfsid is None or row.mtime is None:
+            return None
+        return row.pnfsid, row.size, row.mtime
+
     def compare(self, directory: str, children: Sequence[Child]) -> list[tuple[Child, Verdict]]:
         """The verdict for each file of one listing page (directories are the caller's)."""
         files = [c for c in children if not c.is_dir]

@@ -17,10 +17,12 @@ from dcnios.producers.index import IndexRecord, IndexWriter, PublishedIndex
 from dcnios.spec import SourceSpec
 from dcnios.storage_event import StorageEvent, now_millis
 
-__all__ = ["Outbox"]
+__all__ = ["INVALID_BYTES", "Outbox"]
 
 logger = logging.getLogger(__name__)
 _REASON_HEADER: Final = "dcnios-reason"
+#: What ``<topic>.invalid`` keeps of one bad input.
+INVALID_BYTES: Final = 64 << 10
 
 
 class Outbox:
@@ -73,19 +75,27 @@ class Outbox:
             token=(slot, topic, observed_ms, write),
         )
 
-    def invalid(self, raw: bytes, reason: str, slot: Slot, channel_url: str | None) -> None:
+    def invalid(
+        self, raw: bytes, reason: str, slot: Slot, channel_url: str | None, *, size: int | None = None
+    ) -> None:
+        """The raw input, its first ``INVALID_BYTES`` only: the broker refuses a record over its
+        size limit (1 MB by default), and a refused write would stop the producer."""
         name = self.source.name
         self.metrics.invalid.labels(name).inc()
-        logger.warning("%s: invalid frame (%s) -> %s", name, reason, self.invalid_topic)
+        size = len(raw) if size is None else size
+        logger.warning("%s: invalid input of %d bytes (%s) -> %s", name, size, reason, self.invalid_topic)
         headers: OutHeaders = [
             (_REASON_HEADER, reason.encode()),
             ("dcnios-source", name.encode()),
             ("dcnios-channel", (channel_url or "").encode()),
+            ("dcnios-size", str(size).encode()),
         ]
+        if size > INVALID_BYTES or len(raw) > INVALID_BYTES:
+            headers.append(("dcnios-truncated", b"true"))
         slot.pending += 1
         self.producer.produce(
             self.invalid_topic,
-            raw,
+            raw[:INVALID_BYTES],
             headers=headers,
             on_delivery=self._acked,
             token=(slot, self.invalid_topic, now_millis(), None),

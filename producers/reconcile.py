@@ -176,6 +176,8 @@ class Reconciler:
                 gap.retry_in,
             )
             return
+        if isinstance(exc, UnreadableListingError):
+            self.outbox.invalid(exc.body, str(exc), gap.slot, self.channel_url())
         if exc.status == 404:
             logger.info("%s: %s is gone: %s", self.source.name, directory, exc)
             self.outbox.index_now(self.index.removed(directory, is_dir=True) if self.index else [], gap.slot)

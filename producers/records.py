@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from dcnios.inotify import IN_ISDIR, MASK_ORDER
-from dcnios.producers.sse import Frame
+from dcnios.producers.sse import Frame, Oversized
 from dcnios.spec import SourceSpec
 from dcnios.storage_event import StorageEvent
 
@@ -33,12 +33,15 @@ __all__ = [
     "join_path",
     "listed_event",
     "listed_mask",
+    "oversized",
 ]
 
 _KNOWN_MASKS = frozenset(MASK_ORDER)
 #: Masks that say "this file is here, complete": what a listing can stand in for after a gap.
 CONTENT_MASKS: Final = ("IN_CLOSE_WRITE", "IN_MOVED_TO")
 _REMOVING: Final = frozenset({"IN_DELETE", "IN_MOVED_FROM"})
+#: Event ids are Avro longs, and Last-Event-ID is parsed by dCache as a Java long.
+_MAX_ID: Final = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +125,41 @@ def _invalid(reason: str, event_id: int | None = None) -> Interpretation:
     return Interpretation(event_id, (Invalid(reason),))
 
 
+class _NotJson(ValueError):
+    pass
+
+
+def _json(data: bytes | None) -> Any:
+    """``data`` as JSON, or ``_NotJson`` with the reason. Hostile input must not escape as
+    another exception: nesting 100,000 deep raises RecursionError, a 5,000-digit number a plain
+    ValueError (CPython's limit on int digits); either would crash the producer, which would
+    replay the same frame and crash again."""
+    try:
+        return json.loads((data or b"").decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise _NotJson(f"data is not UTF-8 (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise _NotJson(f"data is not JSON: {exc.msg} at column {exc.colno}") from None
+    except RecursionError:
+        raise _NotJson("data is JSON nested too deep") from None
+    except ValueError as exc:
+        raise _NotJson(f"data is not usable JSON: {str(exc)[:120]}") from None
+
+
+def _event_id(raw: bytes | None) -> int | None:
+    """The frame's id, when it is one dCache can have sent: a decimal from 0 to 2**63 - 1."""
+    if raw is None or not raw.isdigit() or len(raw) > 19:
+        return None
+    value = int(raw)
+    return value if value <= _MAX_ID else None
+
+
+def oversized(frame: Oversized, limit: int) -> Interpretation:
+    """A frame over the size limit: invalid, but its id (if its head shows one) is consumed."""
+    event_id = _event_id(frame.head.id) if frame.head.event not in (None, b"SYSTEM") else None
+    return _invalid(f"frame of {frame.size} bytes is over the limit of {limit} bytes", event_id)
+
+
 def listed_mask(source: SourceSpec) -> str:
     """The mask a file found by listing is published with: the first content mask selected."""
     return next((m for m in CONTENT_MASKS if m in source.events), source.events[0])
@@ -167,27 +205,20 @@ def interpret(
         return _system(frame)
     if frame.event is None:
         return _invalid("frame has no event: field")
-    try:
-        event_id = int(frame.id) if frame.id is not None else None
-    except ValueError:
-        event_id = None
+    event_id = _event_id(frame.id)
     if frame.event == b"metronome":
         return _metronome(frame, event_id)
     if frame.event != b"inotify":
         kind = frame.event.decode("utf-8", "replace")
-        return Interpretation(
-            event_id if event_id is not None and event_id >= 0 else None, (Skip(f"event type {kind!r}"),)
-        )
-    if event_id is None or event_id < 0:
+        return Interpretation(event_id, (Skip(f"event type {kind!r}"),))
+    if event_id is None:
         return _invalid("inotify frame without a valid id: field")
     if frame.data is None:
         return _invalid("inotify frame without data", event_id)
     try:
-        data = json.loads(frame.data.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        return _invalid(f"data is not UTF-8 (byte {exc.start})", event_id)
-    except json.JSONDecodeError as exc:
-        return _invalid(f"data is not JSON: {exc.msg} at column {exc.colno}", event_id)
+        data = _json(frame.data)
+    except _NotJson as exc:
+        return _invalid(str(exc), event_id)
     return Interpretation(
         event_id,
         _inotify(
@@ -198,25 +229,25 @@ def interpret(
 
 def _system(frame: Frame) -> Interpretation:
     try:
-        data = json.loads((frame.data or b"").decode("utf-8"))
+        data = _json(frame.data)
         kind = data["type"]
         if not isinstance(kind, str):
             raise TypeError(kind)
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+    except (_NotJson, KeyError, TypeError, IndexError):
         return _invalid("SYSTEM frame without a JSON type")
     sub = data.get("subscription")
     return Interpretation(None, (System(kind, sub if isinstance(sub, str) else None),))
 
 
 def _metronome(frame: Frame, event_id: int | None) -> Interpretation:
-    if event_id is None or event_id < 0:
+    if event_id is None:
         return _invalid("metronome frame without a valid id: field")
     try:
-        data = json.loads((frame.data or b"").decode("utf-8"))
+        data = _json(frame.data)
         sub = data["subscription"]
         if not isinstance(sub, str):
             raise TypeError(sub)
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+    except (_NotJson, KeyError, TypeError, IndexError):
         return _invalid("metronome frame without a subscription URL", event_id)
     return Interpretation(event_id, (Tick(sub),))
 

@@ -43,8 +43,9 @@ from dcnios.producers.records import (
     Tick,
     WatchGone,
     interpret,
+    oversized,
 )
-from dcnios.producers.sse import Frame
+from dcnios.producers.sse import Frame, Oversized
 from dcnios.producers.stream import Batch, Ended, EventStream
 from dcnios.producers.watches import WatchSet
 from dcnios.spec import PipelineSpec, SourceSpec
@@ -113,7 +114,7 @@ class SourceRunner:
             invalid_topic=invalid_topic(source.topic),
         )
         self.watch_set = WatchSet(source, self.client)
-        self.stream = EventStream(self.client, source.name)
+        self.stream = EventStream(self.client, source.name, max_frame=source.max_frame)
         self.reconciler = Reconciler(
             source,
             self.client,
@@ -396,15 +397,23 @@ class SourceRunner:
         self.stream.open(self.channel_url, last, silence=self.watch_set.silence)
 
     # -- frames ----------------------------------------------------------------------------
-    def _handle(self, frame: Frame, observed: int) -> None:
+    def _handle(self, item: Frame | Oversized, observed: int) -> None:
+        frame = item.head if isinstance(item, Oversized) else item
         counter = self._frame_counters.get(frame.event)
         if counter is None:
-            kind = (frame.event or b"?").decode("utf-8", "replace")
+            kind = (frame.event or b"?").decode("utf-8", "replace")[:40]
             counter = self._frame_counters[frame.event] = self.metrics.frames.labels(self.source.name, kind)
         counter.inc()
-        meaning = interpret(
-            frame, source=self.source, channel_id=self.channel_id, watches=self.watches, observed_at=observed
-        )
+        if isinstance(item, Oversized):
+            meaning = oversized(item, self.stream.max_frame)
+        else:
+            meaning = interpret(
+                frame,
+                source=self.source,
+                channel_id=self.channel_id,
+                watches=self.watches,
+                observed_at=observed,
+            )
         event_id = meaning.event_id
         if event_id is not None:
             self.last_received = event_id
@@ -418,7 +427,8 @@ class SourceRunner:
                     if self.index is not None:
                         self.outbox.index_now(self.index.removed(path, is_dir=is_dir), slot)
                 case Invalid(reason):
-                    self.outbox.invalid(frame.raw, reason, slot, self.channel_url)
+                    size = item.size if isinstance(item, Oversized) else len(frame.raw)
+                    self.outbox.invalid(frame.raw, reason, slot, self.channel_url, size=size)
                 case System(kind, sub):
                     self._system(kind, sub)
                 case NewDirectory(path):
@@ -448,7 +458,30 @@ class SourceRunner:
             self.metrics.listed.labels(self.source.name, "covered").inc()
             logger.debug("%s: %s already published by a listing", self.source.name, event.path)
             return
+        if self._listed_file_unchanged(event):
+            self.metrics.listed.labels(self.source.name, "covered").inc()
+            return
         self.outbox.publish(event, slot, observed)
+
+    def _listed_file_unchanged(self, event: StorageEvent) -> bool:
+        """Whether a live event is about the very file a listing already published.
+
+        A frame read just after a listing page, about a file written just before it, is such an
+        event; it may as well be a new write of that name. dCache never rewrites a file in place
+        (a new write is a new pnfsId), so the file's attributes now tell which, exactly: only
+        events for files a listing published pay for this one request.
+        """
+        if self.index is None or event.is_dir or not any(m in CONTENT_MASKS for m in event.mask):
+            return False
+        listed = self.index.listed_fingerprint(event.path)
+        if listed is None:
+            return False
+        try:
+            now = self.client.stat(event.path)
+        except DCacheError as exc:
+            logger.debug("%s: cannot stat %s (%s): publishing", self.source.name, event.path, exc)
+            return False
+        return now is not None and (now.pnfsid, now.size, now.mtime) == listed
 
     def _system(self, kind: str, sub: str | None) -> None:
         logger.info("%s: SYSTEM %s %s", self.source.name, kind, sub or "")

@@ -6,16 +6,17 @@ import contextlib
 import queue
 import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
 import requests
 
 from dcnios.producers.dcache_api import DCacheClient
-from dcnios.producers.sse import Frame, iter_frame_batches
+from dcnios.producers.sse import DEFAULT_MAX_FRAME, Frame, Oversized, iter_frame_batches
 from dcnios.storage_event import now_millis
 
-__all__ = ["Batch", "Ended", "EventStream"]
+__all__ = ["Batch", "Ended", "EventStream", "body_chunks"]
 
 #: Small on purpose: when the loop falls behind, the reader blocks and TCP pushes back on dCache
 #: (which buffers per channel) instead of frames piling up in this process.
@@ -26,7 +27,7 @@ _QUEUE_BATCHES: Final = 16
 class Batch:
     """The complete frames of one network chunk, and when they were read (our clock)."""
 
-    frames: list[Frame]
+    frames: list[Frame | Oversized]
     observed_ms: int
 
 
@@ -39,13 +40,32 @@ class Ended:
 
 _Item = tuple[int, Batch | Ended]
 
+_READ: Final = 64 << 10
+
+
+def body_chunks(response: requests.Response) -> Iterator[bytes]:
+    """The body as it arrives.
+
+    ``iter_content(chunk_size=None)`` yields as data arrives only for a chunked body: a body
+    delimited by the connection's close (HTTP/1.0, or a proxy that strips the chunking) is read
+    to its end first, and an endless event stream never yields. ``read1`` returns whatever one
+    read of the socket brings, for either framing.
+    """
+    raw = response.raw
+    if raw.chunked:
+        yield from raw.stream(None, decode_content=True)
+        return
+    while chunk := raw.read1(_READ, decode_content=True):
+        yield chunk
+
 
 class EventStream:
     """One stream at a time; opening a new one makes whatever the old one still yields stale."""
 
-    def __init__(self, client: DCacheClient, name: str) -> None:
+    def __init__(self, client: DCacheClient, name: str, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.client = client
         self.name = name
+        self.max_frame = max_frame
         self._queue: queue.Queue[_Item] = queue.Queue(maxsize=_QUEUE_BATCHES)
         self._generation = 0
         self._response: requests.Response | None = None
@@ -68,7 +88,7 @@ class EventStream:
         try:
             response = self.client.open_stream(url, last_event_id, silence=silence)
             self._response = response
-            for frames in iter_frame_batches(response.iter_content(chunk_size=None)):
+            for frames in iter_frame_batches(body_chunks(response), self.max_frame):
                 self._queue.put((generation, Batch(frames, now_millis())))
                 if generation != self._generation:
                     return

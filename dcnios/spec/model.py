@@ -68,6 +68,10 @@ def _positive(value: float) -> str | None:
     return None if value > 0 else f"expected a positive number, got {value!r}"
 
 
+def _frame_size(value: int) -> str | None:
+    return None if 4096 <= value <= 64 << 20 else "must be between 4096 and 67108864 bytes"
+
+
 def _abs_path(value: str) -> str | None:
     return _abs_paths((value,))
 
@@ -247,6 +251,11 @@ class SourceSpec:
     reconnect_backoff_max: Duration = spec_field(Duration(30), doc="largest reconnect delay", check=_positive)
     request_timeout: Duration = spec_field(
         Duration(30), doc="timeout of non-streaming calls", check=_positive
+    )
+    max_frame: int = spec_field(
+        1 << 20,
+        doc="largest SSE frame in bytes; a longer one goes to <topic>.invalid (its first 64 KiB)",
+        check=_frame_size,
     )
     heartbeat: Duration = spec_field(
         Duration(10),

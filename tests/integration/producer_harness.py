@@ -87,10 +87,15 @@ def start(spec: PipelineSpec) -> Running[SourceRunner]:
 
 @contextmanager
 def ready_source(spec: PipelineSpec) -> Iterator[SourceRunner]:
-    """The spec's first source, running and ready; halted (and checked) on the way out."""
+    """The spec's first source, running and ready; halted (and checked) on the way out.
+
+    Ready includes the first start's baseline: a file written while it lists would be published
+    by the listing, not by its live event, and tests that upload next expect the live one.
+    """
     running = start(spec)
     try:
         wait_for(running.runner.ready.is_set)
+        wait_for(lambda: all(g.reason != "BASELINE" for g in running.runner.reconciler.gaps))
         yield running.runner
     finally:
         running.halt()

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from producer_harness import files, make_spec, read_topic, ready_source, start, wait_for
 
 from dcnios.errors import DCacheError
+from dcnios.producers.sse import Frame, iter_frames
+from dcnios.producers.stream import body_chunks
 from dcnios.sandbox.dcache import DCacheEmulator
 from dcnios.storage_event import StorageEvent, dcache_envelope
 
@@ -33,6 +38,7 @@ def test_upload_is_exactly_one_record(
     running = start(spec)
     try:
         wait_for(running.runner.ready.is_set)
+        wait_for(lambda: not running.runner.reconciler.busy)  # the first start's baseline
         dcache.upload("/data/in/file1.dat")
         dcache.srm_upload("/data/in/srm ä.dat")
         dcache.put_silently("/data/in/old.dat")
@@ -302,6 +308,56 @@ def test_malformed_frames_go_to_invalid(
     assert files(records) == ["/data/in/after.dat"]
 
 
+def test_hostile_frames_go_to_invalid_and_the_stream_goes_on(
+    bootstrap: str, dcache: DCacheEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    # Each of these crashed the producer, which replayed the frame and crashed again.
+    spec = make_spec(tmp_path, bootstrap, dcache.endpoint, unique("p"))
+    running = start(spec)
+    try:
+        wait_for(running.runner.ready.is_set)
+        sub = next(iter(running.runner.watches)).encode()
+        deep = b"[" * 100_000 + b"]" * 100_000
+        dcache.inject(b"event: inotify\nid: {ID}\ndata: " + deep + b"\n\n")
+        dcache.inject(b"event: SYSTEM\ndata: " + deep + b"\n\n", with_id=False)
+        dcache.inject(
+            b'event: inotify\nid: {ID}\ndata: {"event":{"name":"n","mask":["IN_CLOSE_WRITE"],"cookie":'
+            + b"7" * 5000
+            + b'},"subscription":"'
+            + sub
+            + b'"}\n\n'
+        )
+        dcache.inject(
+            b'event: inotify\nid: 9223372036854775808\ndata: {"event":{"name":"big-id","mask":'
+            b'["IN_CLOSE_WRITE"]},"subscription":"' + sub + b'"}\n\n',
+            with_id=False,
+        )
+        huge = b"event: inotify\nid: {ID}\ndata: " + b"x" * (3 << 19) + b"\n\n"  # 1.5 MB
+        dcache.inject(huge)
+        dcache.upload("/data/in/after.dat")
+        topic = spec.sources[0].topic
+        invalid = read_topic(bootstrap, f"{topic}.invalid", lambda r: len(r) >= 5)
+        records = read_topic(bootstrap, topic, lambda r: len(r) >= 1)
+    finally:
+        running.halt()
+    assert not running.error
+    oversized = next(h for _, h in invalid if h["dcnios-reason"].startswith(b"frame of"))
+    oversized_size = int(oversized["dcnios-size"])
+    # "{ID}" became the id; the blank line that ends the frame is not counted
+    assert len(huge) - 6 <= oversized_size <= len(huge) - 2
+    reasons = sorted(h["dcnios-reason"].decode()[:60].rstrip() for _, h in invalid)
+    assert reasons == [
+        "SYSTEM frame without a JSON type",
+        "data is JSON nested too deep",
+        "data is not usable JSON: Exceeds the limit (4300 digits) for",
+        f"frame of {oversized_size} bytes is over the limit of 1048576 bytes",
+        "inotify frame without a valid id: field",
+    ]
+    raw = next(r for r, h in invalid if h is oversized)
+    assert len(raw) == 64 << 10 and oversized["dcnios-truncated"] == b"true"
+    assert files(records) == ["/data/in/after.dat"]
+
+
 def test_wrong_password_is_a_clear_error(
     bootstrap: str, dcache: DCacheEmulator, tmp_path: Path, unique: Callable[[str], str]
 ) -> None:
@@ -434,3 +490,37 @@ def test_competing_client_stops_the_producer(
     thief.close()
     assert len(running.error) == 1 and isinstance(running.error[0], CompetingClientError)
     assert "run one producer per source" in str(running.error[0])
+
+
+def test_a_close_delimited_stream_is_read_as_it_arrives() -> None:
+    """A proxy that strips the chunking sends the stream delimited by the connection's close: its
+    frames must come as they arrive, not when the connection ends (for an event stream, never)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    closing = threading.Event()
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+                b'event: inotify\nid: 1\ndata: {"event":{}}\n\n'
+            )
+            closing.wait(30)
+
+    threading.Thread(target=serve, daemon=True).start()
+    response = requests.get(f"http://127.0.0.1:{server.getsockname()[1]}/", stream=True, timeout=30)
+    got: list[Frame] = []
+    reader = threading.Thread(
+        target=lambda: got.extend(f for f in iter_frames(body_chunks(response)) if isinstance(f, Frame)),
+        daemon=True,
+    )
+    reader.start()
+    try:
+        wait_for(lambda: bool(got), timeout=10)
+        assert got[0].id == b"1"
+    finally:
+        closing.set()
+        reader.join(10)
+        response.close()
+        server.close()

@@ -18,8 +18,9 @@ from dcnios.producers.records import (
     join_path,
     listed_event,
     listed_mask,
+    oversized,
 )
-from dcnios.producers.sse import Frame, iter_frames
+from dcnios.producers.sse import HEAD_BYTES, Frame, FrameReader, Oversized, iter_frames
 from dcnios.spec import parse_spec
 
 SUB = "https://d:3880/api/v1/events/channels/ch/subscriptions/inotify/AAB"
@@ -60,6 +61,61 @@ def test_crlf_comments_and_multiline_data() -> None:
 @given(st.binary(max_size=400), st.integers(min_value=1, max_value=50))
 def test_parser_never_raises_on_garbage(data: bytes, size: int) -> None:
     list(iter_frames([data[i : i + size] for i in range(0, len(data), size)]))
+
+
+def test_a_crlf_cut_between_cr_and_lf_is_still_one_line_ending() -> None:
+    stream = FRAME.replace(b"\n", b"\r\n") * 20
+    cuts = [i + 1 for i in range(len(stream)) if stream[i : i + 2] == b"\r\n"]
+    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    assert all(c.endswith(b"\r") for c in chunks[:-1])  # every CRLF is cut in two
+    frames = list(iter_frames(chunks))
+    assert len(frames) == 20 and all(isinstance(f, Frame) and f.id == b"7" for f in frames)
+
+
+def test_bare_cr_line_endings() -> None:
+    frames = list(iter_frames([FRAME.replace(b"\n", b"\r")]))
+    assert [(f.event, f.id) for f in frames if isinstance(f, Frame)] == [(b"inotify", b"7")]
+
+
+_LINE = st.sampled_from([b"event: inotify", b"id: 12", b"data: {}", b": keep", b"data: x\xff", b"retry: 3"])
+
+
+@given(
+    st.lists(st.lists(_LINE, min_size=1, max_size=4), max_size=6),
+    st.sampled_from([b"\n", b"\r", b"\r\n"]),
+    st.integers(min_value=1, max_value=9),
+)
+def test_frames_do_not_depend_on_line_endings_or_chunking(
+    frames: list[list[bytes]], ending: bytes, size: int
+) -> None:
+    def render(end: bytes) -> bytes:
+        return b"".join(line + end for lines in frames for line in [*lines, b""])
+
+    expected = list(iter_frames([render(b"\n")]))
+    stream = render(ending)
+    assert list(iter_frames([stream[i : i + size] for i in range(0, len(stream), size)])) == [
+        Frame(f.event, f.id, f.data, f.raw) if isinstance(f, Frame) else f for f in expected
+    ]
+
+
+def test_an_oversized_frame_is_handed_on_as_its_head_and_the_stream_goes_on() -> None:
+    big = b"event: inotify\nid: 41\ndata: " + b"x" * (3 << 20) + b"\n\n"
+    stream = big + FRAME
+    reader = FrameReader(max_frame=1 << 20)
+    out: list[Frame | Oversized] = []
+    for i in range(0, len(stream), 4096):
+        out += reader.feed(stream[i : i + 4096])
+        assert len(reader._buffer) <= (1 << 20) + 4096  # never the whole frame in memory
+    oversized, frame = out
+    assert isinstance(oversized, Oversized) and isinstance(frame, Frame)
+    assert oversized.size == len(big) - 2 and len(oversized.head.raw) == HEAD_BYTES
+    assert (oversized.head.event, oversized.head.id, oversized.head.data) == (b"inotify", b"41", None)
+    assert frame.id == b"7"
+
+
+def test_a_frame_over_the_limit_in_one_chunk_is_oversized_too() -> None:
+    (only,) = FrameReader(max_frame=64).feed(b"event: x\nid: 3\ndata: " + b"y" * 100 + b"\n\n")
+    assert isinstance(only, Oversized) and only.head.id == b"3" and only.size == 121
 
 
 def kinds(frame: Frame, extra: str = "") -> list[type]:
@@ -172,3 +228,24 @@ def test_listed_event_uses_the_first_selected_content_mask() -> None:
 def test_join_path() -> None:
     assert join_path("/", "a") == "/a"
     assert join_path("/data/in", "a") == "/data/in/a"
+
+
+def test_ids_dcache_cannot_send_are_invalid_and_hostile_json_is_no_crash() -> None:
+    too_big = FRAME.replace(b"id: 7", b"id: 9223372036854775808")
+    assert kinds(next(iter_frames([too_big]))) == [Invalid]  # type: ignore[arg-type]
+    largest = FRAME.replace(b"id: 7", b"id: 9223372036854775807")
+    assert run(next(iter_frames([largest]))).event_id == 2**63 - 1  # type: ignore[arg-type]
+    for data in (b"[" * 100_000, b'{"type": ' + b"9" * 5000 + b"}"):
+        for event in (b"inotify", b"SYSTEM", b"metronome"):
+            frame = Frame(event, b"3", data, b"")
+            (outcome,) = run(frame).outcomes
+            assert isinstance(outcome, Invalid)
+
+
+def test_an_oversized_frame_consumes_its_id_unless_it_is_a_system_frame() -> None:
+    head = Frame(b"inotify", b"41", None, b"event: inotify\nid: 41\ndata: xxx")
+    meaning = oversized(Oversized(head, 5 << 20), 1 << 20)
+    assert meaning.event_id == 41
+    assert meaning.outcomes == (Invalid("frame of 5242880 bytes is over the limit of 1048576 bytes"),)
+    system = Frame(b"SYSTEM", b"41", None, b"")
+    assert oversized(Oversized(system, 5 << 20), 1 << 20).event_id is None
