@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, Producer, TopicPartition
@@ -14,6 +14,7 @@ from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # exported at runtime, missing from the stubs
 
 from dcnios.errors import ConfigError, DeliveryError, KafkaError
+from dcnios.secrets import MASK, Secret, is_secret_setting
 from dcnios.spec import KafkaSpec
 from dcnios.topics import TopicPlan
 
@@ -32,7 +33,19 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_SECRET_KEYS: Final = ("sasl.password", "ssl.key.password", "sasl.oauthbearer.client.secret")
+#: Settings that switch TLS checks off, and what that lets through. librdkafka reads a boolean
+#: false as "false", "f" or "0" in any case.
+_INSECURE: Final = {
+    "enable.ssl.certificate.verification": (
+        ("false", "f", "0"),
+        "the brokers' certificates are not verified: anyone on the path can read and alter the stream",
+    ),
+    "ssl.endpoint.identification.algorithm": (
+        ("none",),
+        "the brokers' host names are not checked against their certificates",
+    ),
+}
+_warned: set[str] = set()
 ProduceCallback = Callable[[Any, Message], None]
 #: librdkafka settings, as confluent-kafka's constructors type them.
 RdConf = dict[str, str | int | float | bool]
@@ -43,7 +56,7 @@ def client_config(kafka: KafkaSpec) -> RdConf:
     """librdkafka settings shared by every client. Spec keys win over ``kafka.librdkafka``."""
     if kafka.bootstrap_servers is None:
         raise ConfigError("kafka.bootstrap_servers: is required here (only `dcnios up` starts a broker)")
-    conf: RdConf = dict(kafka.librdkafka)
+    conf: RdConf = _revealed(kafka.librdkafka)
     conf["bootstrap.servers"] = kafka.bootstrap_servers
     conf["client.id"] = kafka.client_id
     conf["security.protocol"] = kafka.security_protocol
@@ -65,10 +78,24 @@ def client_config(kafka: KafkaSpec) -> RdConf:
         if ssl.key_password is not None:
             conf["ssl.key.password"] = ssl.key_password.reveal()
         conf["ssl.endpoint.identification.algorithm"] = "https" if ssl.verify_hostname else "none"
+    return _warn_insecure(conf)
+
+
+def _revealed(settings: Mapping[str, str | Secret]) -> RdConf:
+    return {k: v.reveal() if isinstance(v, Secret) else v for k, v in settings.items()}
+
+
+def _warn_insecure(conf: RdConf) -> RdConf:
+    """Log, once a process, each setting of ``conf`` that turns a TLS check off."""
+    for key, (off, consequence) in _INSECURE.items():
+        value = conf.get(key)
+        if value is not None and str(value).lower() in off and key not in _warned:
+            _warned.add(key)
+            logger.warning("kafka: %s=%s: %s", key, value, consequence)
     return conf
 
 
-def producer_config(kafka: KafkaSpec, **overrides: str) -> RdConf:
+def producer_config(kafka: KafkaSpec, **overrides: str | Secret) -> RdConf:
     """Idempotent, acks=all: a retried batch is never written twice, nothing acked is lost."""
     conf = client_config(kafka)
     conf.update(
@@ -86,11 +113,11 @@ def producer_config(kafka: KafkaSpec, **overrides: str) -> RdConf:
     # forever): fail, so the runner restarts from its checkpoint with a new producer. The default
     # of 5 minutes would stall the pipeline that long. kafka.librdkafka may set another value.
     conf.setdefault("message.timeout.ms", "60000")
-    conf.update(overrides)
-    return conf
+    conf.update(_revealed(overrides))
+    return _warn_insecure(conf)
 
 
-def consumer_config(kafka: KafkaSpec, group: str, **overrides: str) -> RdConf:
+def consumer_config(kafka: KafkaSpec, group: str, **overrides: str | Secret) -> RdConf:
     """Manual commits; a new group starts from the earliest offset so that nothing is skipped."""
     conf = client_config(kafka)
     conf.update(
@@ -103,13 +130,13 @@ def consumer_config(kafka: KafkaSpec, group: str, **overrides: str) -> RdConf:
             "fetch.wait.max.ms": "100",
         }
     )
-    conf.update(overrides)
-    return conf
+    conf.update(_revealed(overrides))
+    return _warn_insecure(conf)
 
 
 def masked_config(conf: RdConf) -> RdConf:
     """The same settings with secrets replaced, for logs."""
-    return {k: ("***" if k in _SECRET_KEYS else v) for k, v in conf.items()}
+    return {k: (MASK if is_secret_setting(k, v) else v) for k, v in conf.items()}
 
 
 def admin_client(kafka: KafkaSpec) -> AdminClient:

@@ -28,6 +28,8 @@ class TopicPlan:
     replication_factor: int
     purpose: str
     config: Mapping[str, str] = field(default_factory=dict)
+    #: The spec key the name derives from, for errors: ``consumers[0].topic``.
+    origin: str = ""
 
 
 def checkpoint_topic(kafka: KafkaSpec) -> str:
@@ -64,22 +66,39 @@ def topic_plan(spec: PipelineSpec) -> list[TopicPlan]:
     parts, rf = k.topic_defaults.partitions, k.topic_defaults.replication_factor
     plans: dict[str, TopicPlan] = {}
 
-    def add(name: str, purpose: str, partitions: int = parts, config: Mapping[str, str] = _COMPACTED) -> None:
-        plans.setdefault(name, TopicPlan(name, partitions, rf, purpose, dict(config)))
+    def add(
+        name: str,
+        origin: str,
+        purpose: str,
+        partitions: int = parts,
+        config: Mapping[str, str] = _COMPACTED,
+    ) -> None:
+        plans.setdefault(name, TopicPlan(name, partitions, rf, purpose, dict(config), origin))
 
     plain: Mapping[str, str] = {}
-    for source in spec.sources:
-        add(source.topic, f"events of source {source.name}", config=plain)
-        for route in source.routes:
-            add(route.topic, f"events of source {source.name} matching {route.match}", config=plain)
-        add(invalid_topic(source.topic), f"invalid frames of source {source.name}", 1, plain)
+    prefix = "kafka.internal_prefix"
+    for i, source in enumerate(spec.sources):
+        at = f"sources[{i}]"
+        add(source.topic, f"{at}.topic", f"events of source {source.name}", config=plain)
+        for j, route in enumerate(source.routes):
+            purpose = f"events of source {source.name} matching {route.match}"
+            add(route.topic, f"{at}.routes[{j}].topic", purpose, config=plain)
+        add(invalid_topic(source.topic), f"{at}.topic", f"invalid frames of source {source.name}", 1, plain)
         if source.reconcile:
-            add(published_topic(k, source.name), f"files published by source {source.name} (compacted)", 1)
-    for consumer in spec.consumers:
-        add(consumer.topic, f"input of consumer {consumer.name}", config=plain)
+            purpose = f"files published by source {source.name} (compacted)"
+            add(published_topic(k, source.name), prefix, purpose, 1)
+    for i, consumer in enumerate(spec.consumers):
+        at = f"consumers[{i}]"
+        add(consumer.topic, f"{at}.topic", f"input of consumer {consumer.name}", config=plain)
         assert consumer.dead_letter_topic is not None
-        add(consumer.dead_letter_topic, f"dead letters of consumer {consumer.name}", config=plain)
-    add(checkpoint_topic(k), "producer checkpoints (compacted)", 1)
-    add(control_topic(k), "runtime rate and pause control (compacted)", 1)
-    add(gaps_topic(k), "gaps in source event streams", 1, plain)
+        # A derived <topic>.dlq is fixed by shortening the topic; a given one was checked as given.
+        dlq_origin = (
+            f"{at}.topic"
+            if consumer.dead_letter_topic == f"{consumer.topic}.dlq"
+            else f"{at}.dead_letter_topic"
+        )
+        add(consumer.dead_letter_topic, dlq_origin, f"dead letters of consumer {consumer.name}", config=plain)
+    add(checkpoint_topic(k), prefix, "producer checkpoints (compacted)", 1)
+    add(control_topic(k), prefix, "runtime rate and pause control (compacted)", 1)
+    add(gaps_topic(k), prefix, "gaps in source event streams", 1, plain)
     return list(plans.values())

@@ -17,6 +17,7 @@ import requests
 
 from dcnios.errors import ChannelGoneError, DCacheError
 from dcnios.http import TrustedSession
+from dcnios.secrets import CONTROL_CHARACTER, has_control_character, read_secret_file
 from dcnios.spec import SourceSpec
 
 __all__ = [
@@ -154,8 +155,15 @@ class DCacheClient:
         if auth.token is not None:
             self._token = auth.token.reveal()
         elif auth.token_file is not None:
-            with open(auth.token_file, encoding="utf-8") as fh:
-                self._token = fh.read().strip()
+            # Read as at load time: a rotated file that is huge, not a file, or holds a control
+            # character (which requests would quote, token and all, in its error) is refused.
+            try:
+                token = read_secret_file(auth.token_file)
+            except ValueError as exc:
+                raise DCacheError(f"cannot read token_file {auth.token_file!r}: {exc}") from None
+            if has_control_character(token):
+                raise DCacheError(f"token_file {auth.token_file!r} {CONTROL_CHARACTER}")
+            self._token = token
 
     def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         headers = dict(extra or {})

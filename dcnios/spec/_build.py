@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import types
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 from dcnios.errors import ConfigProblem
-from dcnios.secrets import Secret
+from dcnios.secrets import CONTROL_CHARACTER, Secret, has_control_character, read_secret_file
 from dcnios.spec._yaml import Located, interpolate
 
 __all__ = [
@@ -39,19 +40,26 @@ class Duration(float):
 
     UNITS: ClassVar[dict[str, float]] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
     PATTERN: ClassVar[re.Pattern[str]] = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+    #: No timeout, backoff or window of dcnios means anything beyond a year; an infinite or huge
+    #: one overflows time.monotonic() + d, threading waits and librdkafka's int milliseconds.
+    MAX: ClassVar[float] = 365 * 86400.0
 
     @classmethod
     def parse(cls, raw: object) -> Duration:
         if isinstance(raw, bool):
             raise ValueError(f"expected a duration like '10s' or '5m', got {raw!r}")
         if isinstance(raw, int | float):
-            if raw < 0:
-                raise ValueError(f"expected a non-negative duration, got {raw!r}")
+            # NaN fails both comparisons; an int too large for a float is compared, not converted.
+            if not 0 <= raw <= cls.MAX:
+                raise ValueError(f"expected a duration from 0 to 365d, got {raw!r}")
             return cls(raw)
         match = cls.PATTERN.match(str(raw))
         if not match:
             raise ValueError(f"expected a duration like '10s' or '5m', got {raw!r}")
-        return cls(float(match.group(1)) * cls.UNITS[match.group(2) or "s"])
+        seconds = float(match.group(1)) * cls.UNITS[match.group(2) or "s"]  # inf past 1e308
+        if not seconds <= cls.MAX:
+            raise ValueError(f"expected a duration of at most 365d, got {raw!r}")
+        return cls(seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +76,8 @@ class Rate:
         if not isinstance(raw, str) or not (match := cls.PATTERN.match(raw)):
             raise ValueError(f"expected '<number>/s|/m|/h', got {raw!r}")
         value = float(match.group(1))
-        if value <= 0:
-            raise ValueError(f"rate must be positive, got {raw!r}")
+        if not 0 < value < math.inf:  # a 400-digit number is float("inf")
+            raise ValueError(f"rate must be positive and finite, got {raw!r}")
         per = {"s": 1.0, "m": 60.0, "h": 3600.0}[match.group(2)]
         return cls(value / per, raw.strip())
 
@@ -90,9 +98,20 @@ def spec_field(
     check: Check | None = None,
     examples: tuple[Any, ...] = (),
     secret_file: bool = True,
+    secret_entries: Callable[[str, str], bool] | None = None,
 ) -> Any:
-    """A spec field with documentation (for the JSON Schema) and an optional value check."""
-    meta = {"doc": doc, "check": check, "examples": examples, "secret_file": secret_file}
+    """A spec field with documentation (for the JSON Schema) and an optional value check.
+
+    ``secret_entries(key, value)`` marks the entries of a mapping field that hold secrets: they
+    become :class:`Secret` values.
+    """
+    meta = {
+        "doc": doc,
+        "check": check,
+        "examples": examples,
+        "secret_file": secret_file,
+        "secret_entries": secret_entries,
+    }
     if isinstance(default, list | dict):
         raise TypeError("mutable defaults are not allowed in spec fields; use a tuple")
     if default is not dataclasses.MISSING and getattr(type(default), "__hash__", None) is None:
@@ -125,12 +144,19 @@ def _type_name(tp: Any) -> str:
     return str(tp)
 
 
-def _yaml_type(value: Any) -> str:
+def _yaml_type(value: Any, *, show: bool = True) -> str:
+    """What YAML made of ``value``; with ``show=False`` (a secret field) never the value itself."""
     if value is None:
         return "null"
     return {dict: "a mapping", list: "a list", bool: "a boolean", int: "an integer", float: "a number"}.get(
-        type(value), f"{type(value).__name__} {value!r}"
+        type(value), f"{type(value).__name__} {value!r}" if show else type(value).__name__
     )
+
+
+def _check_secret(value: str) -> str:
+    if has_control_character(value):
+        raise ValueError(CONTROL_CHARACTER)
+    return value
 
 
 class Builder:
@@ -163,8 +189,8 @@ class Builder:
             raw = loaded if loaded is not None else raw
         if tp is Secret:
             if not isinstance(raw, str):
-                raise ValueError(f"expected a string, got {_yaml_type(raw)}")
-            return Secret(raw)
+                raise ValueError(f"expected a string, got {_yaml_type(raw, show=False)}")
+            return Secret(_check_secret(raw))
         if tp is Duration:
             return Duration.parse(raw)
         if tp is Rate:
@@ -180,7 +206,13 @@ class Builder:
         if tp is float:
             if isinstance(raw, bool) or not isinstance(raw, int | float):
                 raise ValueError(f"expected a number, got {_yaml_type(raw)}")
-            return float(raw)
+            try:
+                number = float(raw)
+            except OverflowError:  # an int beyond 1e308
+                number = math.inf
+            if not math.isfinite(number):
+                raise ValueError(f"expected a finite number, got {raw!r}")
+            return number
         if tp is str:
             if isinstance(raw, bool) or not isinstance(raw, str | int | float):
                 raise ValueError(f"expected a string, got {_yaml_type(raw)}")
@@ -252,11 +284,28 @@ class Builder:
             return _INVALID
         file_path = os.path.join(self.base_dir, os.path.expanduser(raw))
         try:
-            with open(file_path, encoding="utf-8") as fh:
-                return Secret(fh.read().strip())
-        except OSError as exc:
-            self.problem(path, f"cannot read secret file {raw!r}: {exc.strerror}")
+            text = read_secret_file(file_path)
+        except ValueError as exc:
+            self.problem(path, f"cannot read secret file {raw!r}: {exc}")
             return _INVALID
+        try:
+            return Secret(_check_secret(text))
+        except ValueError as exc:
+            self.problem(path, f"secret file {raw!r} {exc}")
+            return _INVALID
+
+    def _field(self, f: dataclasses.Field[Any], value: Any, path: str) -> Any:
+        """Apply the field's metadata to a built value: its check, and its secret entries."""
+        if value is _INVALID or value is None:
+            return value
+        check = f.metadata.get("check")
+        if check is not None and (message := check(value)):
+            self.problem(path, message)
+            return _INVALID
+        secret_entries = f.metadata.get("secret_entries")
+        if secret_entries is not None and isinstance(value, dict):
+            value = {k: Secret(v) if secret_entries(k, v) else v for k, v in value.items()}
+        return value
 
     def build(self, cls: type[T], raw: Mapping[str, Any], path: str) -> T:
         hints = typing.get_type_hints(cls)
@@ -285,17 +334,10 @@ class Builder:
                     self.problem(key_path, "is required")
                     broken = True
                 continue
-            value = self.value(tp, raw[f.name], key_path)
+            value = self._field(f, self.value(tp, raw[f.name], key_path), key_path)
             if value is _INVALID:
                 broken = True
                 continue
-            check = f.metadata.get("check")
-            if check is not None and value is not None:
-                message = check(value)
-                if message:
-                    self.problem(key_path, message)
-                    broken = True
-                    continue
             values[f.name] = value
         for key in raw:
             if key not in known:

@@ -7,12 +7,21 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from dcnios.inotify import DEFAULT_EVENTS, EVENT_FLAGS, IN_ISDIR
-from dcnios.secrets import Secret
+from dcnios.secrets import (
+    CONTROL_CHARACTER,
+    Secret,
+    has_control_character,
+    is_secret_setting,
+    read_secret_file,
+)
 from dcnios.spec._build import Duration, Rate, spec_field
+
+if TYPE_CHECKING:
+    from dcnios.topics import TopicPlan
 
 __all__ = [
     "ConsumerFilter",
@@ -40,7 +49,9 @@ __all__ = [
 Problems = Iterator[tuple[str, str]]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
-_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+#: Kafka refuses longer topic names (kafka.common.internals.Topic.MAX_NAME_LENGTH).
+MAX_TOPIC_LENGTH = 249
+_TOPIC_NAME = re.compile(rf"^[A-Za-z0-9._-]{{1,{MAX_TOPIC_LENGTH}}}$")
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _MASKS = (*EVENT_FLAGS, IN_ISDIR)
 
@@ -96,6 +107,31 @@ def _servers(value: str) -> str | None:
         if not host or not port.isdigit():
             return f"expected host:port[,host:port...], got {value!r}"
     return None
+
+
+#: librdkafka settings that the spec renders from a field of its own, which gives them a *_file form.
+_SPEC_HOMES = MappingProxyType(
+    {"sasl.password": "kafka.sasl.password", "ssl.key.password": "kafka.ssl.key_password"}
+)
+
+
+def _passthrough(settings: Mapping[str, str | Secret]) -> Problems:
+    for key in settings:
+        if (home := _SPEC_HOMES.get(key.lower())) is not None:
+            yield f"librdkafka.{key}", f"put secrets in {home} (or its *_file form), not here"
+
+
+def _secret_file(path: str | None, key: str) -> Problems:
+    """A secret file read at run time is checked as one read at load time is (see Builder)."""
+    if path is None:
+        return
+    try:
+        text = read_secret_file(os.path.expanduser(path))
+    except ValueError as exc:
+        yield key, f"cannot read secret file {path!r}: {exc}"
+        return
+    if has_control_character(text):
+        yield key, f"secret file {path!r} {CONTROL_CHARACTER}"
 
 
 def _file_exists(path: str | None, key: str) -> Problems:
@@ -165,8 +201,11 @@ class KafkaSpec:
         "dcnios", doc="prefix of internal topics (<prefix>.checkpoints, .control, .gaps)", check=_topic
     )
     client_id: str = spec_field("dcnios", doc="client.id sent to the brokers")
-    librdkafka: Mapping[str, str] = spec_field(
-        MappingProxyType({}), doc="extra librdkafka settings; the keys above win over these"
+    librdkafka: Mapping[str, str | Secret] = spec_field(
+        MappingProxyType({}),
+        doc="extra librdkafka settings; the keys above win over these (passwords, secrets and "
+        "private keys among them are masked)",
+        secret_entries=is_secret_setting,
     )
 
     def validate(self) -> Problems:
@@ -177,9 +216,7 @@ class KafkaSpec:
             yield "sasl", f"is set, but security_protocol {self.security_protocol} does not use SASL"
         if self.ssl is not None and not self.security_protocol.endswith("SSL"):
             yield "ssl", f"is set, but security_protocol {self.security_protocol} does not use TLS"
-        for key in self.librdkafka:
-            if key.startswith(("sasl.", "ssl.")) and key.endswith(("password", "secret")):
-                yield f"librdkafka.{key}", "put secrets in kafka.sasl / kafka.ssl, where they are masked"
+        yield from _passthrough(self.librdkafka)
 
 
 # -- sources ------------------------------------------------------------------------------
@@ -209,7 +246,7 @@ class DCacheAuth:
             yield "", "username and password go together"
         if self.key is not None and self.cert is None:
             yield "key", "needs cert"
-        yield from _file_exists(self.token_file, "token_file")
+        yield from _secret_file(self.token_file, "token_file")
         yield from _file_exists(self.cert, "cert")
         yield from _file_exists(self.key, "key")
 
@@ -425,9 +462,10 @@ class ConsumerSpec:
         Duration(600), doc="drop replays of an event seen this recently (0 disables)"
     )
     drain_timeout: Duration = spec_field(Duration(30), doc="how long shutdown waits for in-flight calls")
-    librdkafka: Mapping[str, str] = spec_field(
+    librdkafka: Mapping[str, str | Secret] = spec_field(
         MappingProxyType({}),
         doc="extra librdkafka settings of this group's members (e.g. session.timeout.ms)",
+        secret_entries=is_secret_setting,
     )
 
     @staticmethod
@@ -437,6 +475,7 @@ class ConsumerSpec:
         return values
 
     def validate(self) -> Problems:
+        yield from _passthrough(self.librdkafka)
         if self.dead_letter_topic == self.topic:
             yield "dead_letter_topic", "must differ from topic"
         if self.payload == "dcache" and self.oscar.input_path is None and self.oscar.token is not None:
@@ -555,6 +594,24 @@ class PipelineSpec:
                 if name not in names:
                     hint = f"; consumers are {', '.join(sorted(names))}" if names else ""
                     yield f"nifi.consumers[{i}]", f"no consumer named {name!r}{hint}"
+        yield from self._derived_topics()
+
+    def _derived_topics(self) -> Problems:
+        # Names derive from the spec in dcnios.topics only, so that no suffix is missed here;
+        # a given name longer than Kafka allows fails its field check before this runs.
+        from dcnios.topics import topic_plan
+
+        too_long: dict[str, TopicPlan] = {}  # one problem a key: the longest name it derives
+        for plan in topic_plan(self):
+            known = too_long.get(plan.origin)
+            if len(plan.name) > MAX_TOPIC_LENGTH and (known is None or len(plan.name) > len(known.name)):
+                too_long[plan.origin] = plan
+        for origin, plan in too_long.items():
+            yield (
+                origin,
+                f"derives the topic {plan.name[:40]}... ({plan.purpose}), {len(plan.name)} characters "
+                f"long; Kafka allows {MAX_TOPIC_LENGTH}",
+            )
 
     def source(self, name: str) -> SourceSpec:
         for source in self.sources:
