@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_ARGS ?=
 QUICK ?=
+ONLY ?=
 
 .PHONY: help install lint test test-unit test-integration test-reliability demo bench clean
 
@@ -12,7 +13,8 @@ help:
 	@echo "make demo    run the whole pipeline locally on embedded defaults"
 	@echo "make test    lint + unit + integration tests (real embedded broker)"
 	@echo "make lint    ruff + mypy --strict"
-	@echo "make bench   benchmarks against ceilings measured in the same run (QUICK=1 for a smoke run)"
+	@echo "make bench   benchmarks against ceilings measured in the same run (QUICK=1 for a smoke run,"
+	@echo "             ONLY=reconcile for one benchmark, keeping the others' last rows)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -56,7 +58,7 @@ demo: install
 	$(BIN)/dcnios up -c examples/demo.yaml --seed 24 $(DEMO_ARGS)
 
 bench: install
-	$(BIN)/python bench/run.py $(if $(QUICK),--quick,)
+	$(BIN)/python bench/run.py $(if $(QUICK),--quick,) $(foreach b,$(ONLY),--only $(b))
 
 clean:
 	rm -rf demo $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -105,6 +105,8 @@ def reconcile(bootstrap: str, n: int) -> list[Result]:
             proc.wait(60)
     if gap is None:
         raise RuntimeError("the producer wrote no CHANNEL_LOST gap within 600 s")
+    if gap["reconciled"] != new:
+        raise RuntimeError(f"the repair published {gap['reconciled']} files; {new} were new")
     params = {
         "files listed": n,
         "new": new,
@@ -114,7 +116,7 @@ def reconcile(bootstrap: str, n: int) -> list[Result]:
         "process": "dcnios-producer",
     }
     return [
-        Result("reconcile", "1M-file gap repair", elapsed, "s", 60, "goal", "<= 60 s", params),
+        Result("reconcile", f"{n:,}-file gap repair", elapsed, "s", 60, "goal", "<= 60 s", params),
         Result("reconcile", "peak RSS", peak, "MB", 150, "goal", "<= 150 MB", params),
     ]
 

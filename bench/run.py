@@ -25,18 +25,30 @@ from common import SERIES, Result, broker
 ROOT = Path(__file__).resolve().parent.parent
 
 
+BENCHMARKS = {
+    "producer": producer_bench.run,
+    "consumer": consumer_bench.run,
+    "end-to-end": e2e_bench.run,
+    "reconcile": reconcile_bench.run,
+}
+
+
 def render(results: list[Result], command: str) -> str:
+    runs = sorted({r.date[:16] for r in results})
+    several = len(runs) > 1
+    when = runs[0] if not several else f"runs of {', '.join(runs)} (the `run` column)"
     lines = [
         "# Benchmarks",
         "",
         f"Made by `{command}` ({platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}),",
-        f"{results[0].date if results else ''}. Every ceiling is measured in",
+        f"{when}. Every ceiling is measured in",
         "the same run as the figure it is compared with; the ratio is value / ceiling. Machine-readable:",
         "`bench/results.json`.",
         "",
-        "| benchmark | metric | value | ceiling | ratio | goal | parameters |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| benchmark | metric | value | ceiling | ratio | goal | parameters |"
+        + (" run |" if several else ""),
+        "| --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if several else ""),
     ]
     for r in results:
         ceiling = f"{r.ceiling:,.1f} ({r.ceiling_name})" if r.ceiling else ""
@@ -44,26 +56,58 @@ def render(results: list[Result], command: str) -> str:
         params = ", ".join(f"{k}={v}" for k, v in r.parameters.items())
         lines.append(
             f"| {r.benchmark} | {r.metric} | {r.value:,.1f} {r.unit} | {ceiling} | {ratio} | "
-            f"{r.goal or ''} | {params} |"
+            f"{r.goal or ''} | {params} |" + (f" {r.date[:16]} |" if several else "")
         )
     return "\n".join(lines) + "\n"
+
+
+#: Rows some benchmarks write under another name.
+_MADE_BY = {"scale": "end-to-end", "rate": "end-to-end"}
+
+
+def _earlier(ran: list[str]) -> list[Result]:
+    """The last run's rows of the benchmarks not run now (``--only``)."""
+    path = ROOT / "bench" / "results.json"
+    if not path.exists():
+        return []
+    fields = set(Result.__dataclass_fields__)
+    return [
+        Result(**{k: v for k, v in row.items() if k in fields})
+        for row in json.loads(path.read_text())
+        if _MADE_BY.get(row["benchmark"], row["benchmark"]) not in ran
+    ]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="dcnios benchmarks")
     parser.add_argument("--quick", action="store_true", help="a smoke run (smaller counts)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=sorted(BENCHMARKS),
+        help="run only this benchmark (repeatable); the others' rows are kept from bench/results.json",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     started = time.time()
+    chosen = [name for name in BENCHMARKS if not args.only or name in args.only]
+    results: list[Result] = []
     with broker() as bootstrap:
-        results = producer_bench.run(bootstrap, args.quick)
-        results += consumer_bench.run(bootstrap, args.quick)
-        results += e2e_bench.run(bootstrap, args.quick)
-        results += reconcile_bench.run(bootstrap, args.quick)
+        for name in chosen:
+            print(f"-- {name}", file=sys.stderr, flush=True)
+            results += BENCHMARKS[name](bootstrap, args.quick)
+    if args.only:
+        order = list(BENCHMARKS)
+        results = sorted(
+            _earlier(chosen) + results, key=lambda r: order.index(_MADE_BY.get(r.benchmark, r.benchmark))
+        )
     command = "make bench" + (" QUICK=1" if args.quick else "")
+    command += f" ONLY={' '.join(args.only)}" if args.only else ""
     (ROOT / "bench" / "results.json").write_text(json.dumps([r.to_json() for r in results], indent=2) + "\n")
     text = render(results, command)
     images = plots.render(SERIES, ROOT / "bench")
+    if args.only:  # the plots of the benchmarks not run now stay as they were
+        images += [p for p in sorted((ROOT / "bench").glob("*.png")) if p not in images]
     if images:
         text += "\n" + "\n".join(f"![{p.stem}](bench/{p.name})" for p in images) + "\n"
     notes = ROOT / "bench" / "NOTES.md"

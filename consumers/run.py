@@ -42,10 +42,11 @@ from dcnios.consumers.record import (
 from dcnios.consumers.tracking import OffsetTracker
 from dcnios.control import ControlFollower, ControlState
 from dcnios.errors import CodecError, DcniosError, KafkaError
-from dcnios.kafka import LatchedProducer, consumer_config, producer_config
+from dcnios.kafka import LatchedProducer, consumer_config, prepare_internal_topics, producer_config
 from dcnios.metrics import ConsumerMetrics
 from dcnios.spec import ConsumerSpec, PipelineSpec
 from dcnios.storage_event import StorageEvent, dedup_key, now_millis
+from dcnios.topics import control_topic, plans_named
 
 __all__ = ["ConsumerRunner"]
 
@@ -158,6 +159,7 @@ class ConsumerRunner:
 
     # -- lifecycle -------------------------------------------------------------------------
     def run(self) -> None:
+        prepare_internal_topics(self.spec.kafka, plans_named(self.spec, control_topic(self.spec.kafka)))
         self.policy = RecordPolicy(
             self.cs,
             input_path=self.invoker.input_path() if self.cs.payload == "dcache" else None,

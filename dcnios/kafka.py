@@ -11,7 +11,13 @@ from typing import Any, Final
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka import KafkaError as RdKafkaError
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # exported at runtime, missing from the stubs
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # exported at runtime, missing from the stubs
+    AdminClient,
+    ClusterMetadata,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 
 from dcnios.errors import ConfigError, DeliveryError, KafkaError
 from dcnios.secrets import MASK, Secret, is_secret_setting
@@ -24,9 +30,11 @@ __all__ = [
     "RdConf",
     "admin_client",
     "client_config",
+    "cluster_metadata",
     "consumer_config",
     "ensure_topics",
     "masked_config",
+    "prepare_internal_topics",
     "producer_config",
     "read_compacted",
 ]
@@ -143,6 +151,83 @@ def admin_client(kafka: KafkaSpec) -> AdminClient:
     return AdminClient(client_config(kafka))
 
 
+def _where(kafka: KafkaSpec) -> str:
+    """The broker as the spec names it, and how it is reached (never a secret)."""
+    how: str = kafka.security_protocol
+    if kafka.sasl is not None:
+        how += f", SASL {kafka.sasl.mechanism}"
+    return f"{kafka.bootstrap_servers} ({how})"
+
+
+def cluster_metadata(
+    kafka: KafkaSpec, admin: AdminClient | None = None, timeout: float = 10.0
+) -> ClusterMetadata:
+    """The cluster's topics and brokers; the first call every runner makes.
+
+    Raises:
+        KafkaError: the broker cannot be reached, naming the address, the protocol and why.
+    """
+    admin = admin or admin_client(kafka)
+    try:
+        return admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        err = exc.args[0]
+        reason = err.str() if hasattr(err, "str") else str(err)
+        raise KafkaError(
+            f"cannot reach the Kafka broker at {_where(kafka)} within {timeout:.0f}s: {reason}; "
+            "check kafka.bootstrap_servers, the network and kafka.security_protocol"
+        ) from exc
+
+
+def prepare_internal_topics(kafka: KafkaSpec, plans: Iterable[TopicPlan], timeout: float = 10.0) -> None:
+    """The compacted one-partition topics a runner reads at its start (the checkpoints, the
+    control topic, a source's published-files index): created when missing, checked otherwise.
+
+    A broker that auto-creates topics gives them its ``num.partitions`` and its cleanup policy.
+    Readers of partition 0 would then miss every key hashed elsewhere (a source or consumer that
+    never starts, or a checkpoint silently not found), and a delete policy drops checkpoints and
+    index entries after the retention time.
+
+    Raises:
+        KafkaError: the broker cannot be reached, or a topic exists with other settings.
+    """
+    wanted = list(plans)
+    admin = admin_client(kafka)
+    topics = cluster_metadata(kafka, admin, timeout).topics
+    missing = [p for p in wanted if p.name not in topics]
+    if missing:
+        ensure_topics(kafka, missing, timeout)
+    problems = []
+    present = [p for p in wanted if p.name in topics]
+    for plan in present:
+        partitions = len(topics[plan.name].partitions)
+        if partitions != plan.partitions:
+            problems.append(f"{plan.name} has {partitions} partitions, not {plan.partitions}")
+    checked = [p for p in present if "cleanup.policy" in p.config]
+    if checked:
+        resources = [ConfigResource(ResourceType.TOPIC, p.name) for p in checked]
+        futures = admin.describe_configs(resources, request_timeout=timeout)
+        for plan, resource in zip(checked, resources, strict=True):
+            try:
+                entries = futures[resource].result(timeout=timeout)
+            except KafkaException as exc:
+                logger.warning("cannot read the configuration of %s: %s", plan.name, exc.args[0])
+                continue
+            # No entry: the broker's default, which is delete unless the broker says otherwise.
+            entry = entries.get("cleanup.policy")
+            policy = entry.value if entry is not None else "delete"
+            if plan.config["cleanup.policy"] not in (policy or "").split(","):
+                problems.append(
+                    f"{plan.name} has cleanup.policy={policy}, not {plan.config['cleanup.policy']}"
+                )
+    if problems:
+        raise KafkaError(
+            "internal topics exist with the wrong settings (a broker that auto-creates topics makes "
+            f"them so): {'; '.join(problems)}. Delete them and run `dcnios topics -c SPEC`, which "
+            "creates them right (their contents are rebuilt: checkpoints restart from a full repair)"
+        )
+
+
 def ensure_topics(kafka: KafkaSpec, plans: Iterable[TopicPlan], timeout: float = 30.0) -> dict[str, str]:
     """Create missing topics. Returns ``{name: "created" | "exists"}``; idempotent.
 
@@ -151,10 +236,7 @@ def ensure_topics(kafka: KafkaSpec, plans: Iterable[TopicPlan], timeout: float =
     """
     plans = list(plans)
     admin = admin_client(kafka)
-    try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
-    except KafkaException as exc:
-        raise KafkaError(f"cannot reach {kafka.bootstrap_servers}: {exc.args[0].str()}") from exc
+    existing = set(cluster_metadata(kafka, admin, timeout).topics)
     result = {p.name: "exists" for p in plans if p.name in existing}
     new = [
         NewTopic(p.name, p.partitions, p.replication_factor, config=dict(p.config))

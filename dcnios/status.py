@@ -19,7 +19,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from dcnios.consumers.oscar import OscarInvoker
 from dcnios.errors import KafkaError
-from dcnios.kafka import LatchedProducer, admin_client, consumer_config, producer_config
+from dcnios.kafka import LatchedProducer, admin_client, cluster_metadata, consumer_config, producer_config
 from dcnios.spec import KafkaSpec, PipelineSpec
 from dcnios.topics import gaps_topic
 
@@ -262,6 +262,7 @@ def _consumer_statuses(spec: PipelineSpec) -> list[ConsumerStatus]:
 
 def pipeline_status(spec: PipelineSpec) -> dict[str, Any]:
     """The whole status as JSON-ready data (what ``dcnios status --json`` prints)."""
+    cluster_metadata(spec.kafka)  # an unreachable broker is named, not a raw KafkaException
     return {
         "kafka": spec.kafka.bootstrap_servers,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

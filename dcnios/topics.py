@@ -14,6 +14,7 @@ __all__ = [
     "control_topic",
     "gaps_topic",
     "invalid_topic",
+    "plans_named",
     "published_topic",
     "topic_plan",
 ]
@@ -102,3 +103,8 @@ def topic_plan(spec: PipelineSpec) -> list[TopicPlan]:
     add(control_topic(k), prefix, "runtime rate and pause control (compacted)", 1)
     add(gaps_topic(k), prefix, "gaps in source event streams", 1, plain)
     return list(plans.values())
+
+
+def plans_named(spec: PipelineSpec, *names: str) -> list[TopicPlan]:
+    """The plans of the topics ``names`` (a runner's own internal topics)."""
+    return [p for p in topic_plan(spec) if p.name in names]

@@ -24,7 +24,7 @@ import urllib3
 
 from dcnios.codec import StorageEventCodec
 from dcnios.errors import ChannelGoneError, DCacheError, DcniosError
-from dcnios.kafka import LatchedProducer, producer_config
+from dcnios.kafka import LatchedProducer, prepare_internal_topics, producer_config
 from dcnios.metrics import ProducerMetrics
 from dcnios.producers.checkpoint import Checkpoint, CheckpointStore, Progress, Slot
 from dcnios.producers.dcache_api import DCacheClient
@@ -50,7 +50,7 @@ from dcnios.producers.stream import Batch, Ended, EventStream
 from dcnios.producers.watches import WatchSet
 from dcnios.spec import PipelineSpec, SourceSpec
 from dcnios.storage_event import StorageEvent, now_millis
-from dcnios.topics import gaps_topic, invalid_topic, published_topic
+from dcnios.topics import checkpoint_topic, gaps_topic, invalid_topic, plans_named, published_topic
 
 __all__ = ["CompetingClientError", "SourceRunner"]
 
@@ -152,6 +152,9 @@ class SourceRunner:
         """Run until stopped. Flushes and writes the checkpoint on the way out."""
         name = self.source.name
         try:
+            k = self.spec.kafka
+            own = [checkpoint_topic(k)] + ([published_topic(k, name)] if self.index is not None else [])
+            prepare_internal_topics(k, plans_named(self.spec, *own))
             if self.index is not None:
                 started = time.monotonic()
                 files = self.index.load()
