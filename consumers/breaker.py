@@ -5,8 +5,9 @@ the breaker each of them would burn its ``max_attempts`` and the whole backlog w
 DLQ during an outage. Pure state; the consumer probes ``GET /health`` while it is open.
 
 ``/health`` answers without asking Kubernetes, so it passing does not prove that jobs can be
-created again: it only makes the breaker half-open. Calls go through then, but the first system
-failure opens it again at once (held, not counted); the first success closes it.
+created again: it only makes the breaker half-open. One call goes through then (the others wait
+for it): a system failure opens the breaker again at once (held, not counted), an answer closes
+it. A caller that took that one call and then did not make it gives it back (``release_probe``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ class CircuitBreaker:
         self.opened_at: float | None = None
         self.openings = 0
         self.reason = ""
+        #: Opened by an outage that ``/health`` cannot see (refused credentials): the probe is a
+        #: real call, let through half-open, not ``GET /health``.
+        self.probe_by_call = False
+        self._probe_taken = False
 
     def record(self, system_failure: bool, error: str = "") -> bool:
         """Count one call's outcome; True when this call opened the breaker."""
@@ -44,12 +49,14 @@ class CircuitBreaker:
             self._recent.append(system_failure)
             self._run = self._run + 1 if system_failure else 0
             if self.half_open:
-                self.half_open = False
+                self.half_open = self._probe_taken = False
+                self._cond.notify_all()
                 if system_failure:
                     self.is_open = True
                     self.reason = error
                     return True
                 self.opened_at = None
+                self.probe_by_call = False
                 self._recent.clear()
                 return False
             if self.is_open or not system_failure:
@@ -63,27 +70,56 @@ class CircuitBreaker:
                 return True
             return False
 
+    def trip(self, error: str, *, probe_by_call: bool) -> bool:
+        """Open at once: a failure that no record causes (credentials refused, a certificate that
+        cannot be verified) fails every call alike. True when this call opened it."""
+        with self._cond:
+            self.half_open = self._probe_taken = False
+            self._cond.notify_all()
+            self.probe_by_call = probe_by_call
+            self.reason = error
+            if self.is_open:
+                return False
+            self.is_open = True
+            if self.opened_at is None:
+                self.opened_at = self._clock()
+                self.openings += 1
+            return True
+
     def probe_passed(self) -> None:
         """``GET /health`` answered: let calls through, half-open, until one of them tells."""
         with self._cond:
             self.is_open = False
             self.half_open = True
+            self._probe_taken = False
             self._run = 0
             self._cond.notify_all()
 
+    def release_probe(self) -> None:
+        """The caller that took the half-open call is not making it (stopped, revoked)."""
+        with self._cond:
+            if self.half_open and self._probe_taken:
+                self._probe_taken = False
+                self._cond.notify_all()
+
     def close(self) -> None:
         with self._cond:
-            self.is_open = self.half_open = False
+            self.is_open = self.half_open = self.probe_by_call = self._probe_taken = False
             self.opened_at = None
             self._run = 0
             self._recent.clear()
             self._cond.notify_all()
 
     def wait_closed(self, stop: threading.Event) -> bool:
-        """Block while open; False if ``stop`` was set first."""
+        """Block while open, and while half-open with its one call taken; False if ``stop`` was
+        set first. True while half-open means this caller makes that call."""
         with self._cond:
-            while self.is_open:
+            while self.is_open or (self.half_open and self._probe_taken):
                 if stop.is_set():
                     return False
                 self._cond.wait(0.2)
-            return not stop.is_set()
+            if stop.is_set():
+                return False
+            if self.half_open:
+                self._probe_taken = True
+            return True

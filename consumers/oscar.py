@@ -9,8 +9,11 @@ exists. ``/system/*`` takes Basic (cluster admin) or an OIDC bearer (§2.1).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -23,7 +26,7 @@ from dcnios.errors import OscarError
 from dcnios.http import TrustedSession
 from dcnios.spec import OscarSpec
 
-__all__ = ["DCACHE_PROVIDER", "Attempt", "OscarInvoker", "ServiceInput", "service_input"]
+__all__ = ["DCACHE_PROVIDER", "Answer", "Attempt", "OscarInvoker", "ServiceInput", "service_input"]
 
 logger = logging.getLogger(__name__)
 _ALREADY_EXISTS: Final = "already exists"
@@ -31,6 +34,11 @@ DCACHE_PROVIDER: Final = "webdav.dcache"
 #: What OSCAR itself answers when it, or the cluster under it, is failing as a whole (§4.2: 500 is
 #: the Kubernetes API's error text; 502-504 come from the ingress when the manager is down).
 _SYSTEM_STATUSES: Final = frozenset({500, 502, 503, 504})
+#: The most of an answer that is read. OSCAR's answers to a call are a few bytes to a few hundred
+#: (an error text); a job listing page a few hundred KB; of a job's log only the end is kept.
+_ANSWER_BYTES: Final = 64 << 10
+_LISTING_BYTES: Final = 16 << 20
+_LOG_TAIL_BYTES: Final = 64 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +48,9 @@ class Attempt:
     ``exists``: OSCAR already has a job of this name (a replay of a deterministic id).
     ``system``: OSCAR as a whole failed (connection refused, 5xx): a circuit-breaker signal, not
     a fault of this record.
+    ``outage``: a failure no record causes and no retry of it fixes, so every call is held at
+    once: ``"auth"`` (the credentials are refused even after a token refetch, or the service does
+    not exist) or ``"tls"`` (the certificate cannot be verified).
     """
 
     ok: bool
@@ -49,6 +60,65 @@ class Attempt:
     retry_after: float | None = None
     exists: bool = False
     system: bool = False
+    outage: str | None = None
+
+
+class _TooSlow(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An answer read within its bounds: the status, and at most so many bytes of the body."""
+
+    status: int
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        """The body as JSON; ValueError for anything else (too deep included)."""
+        try:
+            return json.loads(self.body)
+        except RecursionError:
+            raise ValueError("JSON nested too deep") from None
+
+
+def _read_bounded(response: requests.Response, limit: int, deadline: float, *, tail: bool = False) -> bytes:
+    """At most ``limit`` bytes of a streamed body (its end with ``tail``), by ``deadline``.
+
+    requests' read timeout bounds each read of the socket, not the whole body: a peer that
+    trickles one byte a second never trips it, and a body read with ``.content`` is held in
+    memory whole, however large. ``read1`` returns whatever one read brings, so the deadline is
+    checked whenever bytes arrive. A body not read to its end closes its connection; one read to
+    its end gives the connection back to the pool.
+    """
+    kept: deque[bytes] = deque()
+    size = 0
+    complete = False
+    try:
+        while True:
+            if time.monotonic() > deadline:
+                raise _TooSlow
+            chunk = response.raw.read1(8192, decode_content=True)
+            if not chunk:
+                complete = True
+                break
+            kept.append(chunk)
+            size += len(chunk)
+            while tail and size - len(kept[0]) >= limit:
+                size -= len(kept.popleft())
+            if not tail and size >= limit:
+                break
+    finally:
+        if complete:
+            response.raw.release_conn()
+        else:
+            response.close()
+    body = b"".join(kept)
+    return body[-limit:] if tail else body[:limit]
 
 
 def _retry_after(response: requests.Response) -> float | None:
@@ -123,10 +193,17 @@ class OscarInvoker:
         )
 
     def system_get(
-        self, path: str, params: dict[str, str] | None = None, timeout: float = 30
-    ) -> requests.Response:
-        """GET ``/system/<path>``; raises OscarError naming the call on anything but 200."""
-        return self._system("GET", path, (200,), params=params, timeout=timeout)
+        self,
+        path: str,
+        params: dict[str, str] | None = None,
+        timeout: float = 30,
+        *,
+        limit: int = _LISTING_BYTES,
+        tail: bool = False,
+    ) -> Answer:
+        """GET ``/system/<path>``, at most ``limit`` bytes within ``timeout`` in all; raises
+        OscarError naming the call on anything but 200."""
+        return self._system("GET", path, (200,), params=params, timeout=timeout, limit=limit, tail=tail)
 
     def _system(
         self,
@@ -136,9 +213,12 @@ class OscarInvoker:
         *,
         params: dict[str, str] | None = None,
         timeout: float = 30,
-    ) -> requests.Response:
+        limit: int = _ANSWER_BYTES,
+        tail: bool = False,
+    ) -> Answer:
         headers, auth = self._system_auth()
         call = f"{method} /system/{path}"
+        deadline = time.monotonic() + float(self.spec.connect_timeout) + timeout
         try:
             response = self.session.request(
                 method,
@@ -148,18 +228,17 @@ class OscarInvoker:
                 auth=auth,
                 timeout=(float(self.spec.connect_timeout), timeout),
                 allow_redirects=False,
+                stream=True,
             )
-        except requests.RequestException as exc:
+            answer = Answer(response.status_code, _read_bounded(response, limit, deadline, tail=tail))
+        except (requests.RequestException, _TooSlow) as exc:
+            why = "too slow" if isinstance(exc, _TooSlow) else type(exc).__name__
+            raise OscarError(f"{call}: OSCAR unreachable at {self.base} ({why})", call=call) from exc
+        if answer.status not in ok:
             raise OscarError(
-                f"{call}: OSCAR unreachable at {self.base} ({type(exc).__name__})", call=call
-            ) from exc
-        if response.status_code not in ok:
-            raise OscarError(
-                f"{call}: HTTP {response.status_code} {response.text[:200]}".rstrip(),
-                status=response.status_code,
-                call=call,
+                f"{call}: HTTP {answer.status} {answer.text[:200]}".rstrip(), status=answer.status, call=call
             )
-        return response
+        return answer
 
     def service_definition(self) -> dict[str, Any]:
         response = self.system_get(f"services/{self.spec.service}")
@@ -189,24 +268,30 @@ class OscarInvoker:
         self._system("DELETE", f"logs/{self.spec.service}/{job}", (200, 204))
 
     def job_log(self, job: str) -> str:
-        return self.system_get(f"logs/{self.spec.service}/{job}").text
+        """The end of a job's log (a job may log gigabytes; the DLQ keeps its tail)."""
+        return self.system_get(f"logs/{self.spec.service}/{job}", limit=_LOG_TAIL_BYTES, tail=True).text
 
     def list_jobs(self, page: str | None = None) -> dict[str, Any]:
         """One page of ``GET /system/logs/{service}`` (§3.3)."""
         response = self.system_get(f"logs/{self.spec.service}", params={"page": page} if page else None)
         try:
-            body = response.json() if response.content else {}
+            body = response.json() if response.body else {}
         except ValueError as exc:
             raise OscarError(f"GET /system/logs/{self.spec.service}: not JSON") from exc
         return body if isinstance(body, dict) else {}
 
     def healthy(self) -> bool:
         """``GET /health`` answers 200 ``Ok`` (§3), without credentials."""
+        deadline = time.monotonic() + float(self.spec.connect_timeout) + 10
         try:
             response = self.session.get(
-                f"{self.base}/health", timeout=(float(self.spec.connect_timeout), 10), allow_redirects=False
+                f"{self.base}/health",
+                timeout=(float(self.spec.connect_timeout), 10),
+                allow_redirects=False,
+                stream=True,
             )
-        except requests.RequestException:
+            _read_bounded(response, _ANSWER_BYTES, deadline)
+        except (requests.RequestException, _TooSlow):
             return False
         return response.status_code == 200
 
@@ -253,10 +338,23 @@ class OscarInvoker:
             if refreshed:
                 token, _ = self.token()
                 attempt = self._post(body, headers, token)
+        if attempt.status in (401, 403, 404):
+            # Refused whoever the record is: the token (refetched if it could be), the rights,
+            # or the service itself. Dead-lettering each record would only empty the backlog.
+            what = "no such service" if attempt.status == 404 else "the credentials are refused"
+            return Attempt(
+                False,
+                attempt.status,
+                True,
+                f"{attempt.error} ({what}: check oscar.service and its token or username/password)",
+                outage="auth",
+            )
         return attempt
 
     def _post(self, body: bytes, headers: dict[str, str], token: str) -> Attempt:
         all_headers = {"Content-Type": "application/json", **headers, "Authorization": f"Bearer {token}"}
+        # The call's timeout bounds the whole answer too, not only each read of it.
+        deadline = time.monotonic() + float(self.spec.connect_timeout) + float(self.spec.timeout)
         try:
             response = self.session.post(
                 self.url,
@@ -264,7 +362,15 @@ class OscarInvoker:
                 headers=all_headers,
                 timeout=(float(self.spec.connect_timeout), float(self.spec.timeout)),
                 allow_redirects=False,
+                stream=True,
             )
+            content = _read_bounded(response, _ANSWER_BYTES, deadline)
+        except _TooSlow:
+            return Attempt(
+                False, None, True, f"timeout: the answer took over {self.spec.timeout}s", system=True
+            )
+        except requests.exceptions.SSLError as exc:
+            return Attempt(False, None, True, f"TLS: {exc}", system=True, outage="tls")
         except requests.Timeout as exc:
             return Attempt(False, None, True, f"timeout: {exc}", system=True)
         except requests.ConnectionError as exc:
@@ -272,7 +378,7 @@ class OscarInvoker:
         except requests.RequestException as exc:
             return Attempt(False, None, True, f"{type(exc).__name__}: {exc}")
         status = response.status_code
-        text = response.text[:500]
+        text = content[:500].decode("utf-8", "replace")
         if status == self._success:
             return Attempt(True, status, False, "")
         if 300 <= status < 400:
@@ -311,6 +417,8 @@ def _token_failure(what: str, exc: OscarError) -> Attempt:
     configuration error that no retry fixes."""
     if exc.status is None or exc.status >= 500:
         return Attempt(False, exc.status, True, f"{what}: {exc}", system=True)
+    if exc.status in (401, 403, 404):
+        return Attempt(False, exc.status, True, f"{what}: {exc}", outage="auth")
     return Attempt(False, exc.status, False, f"{what}: {exc}")
 
 

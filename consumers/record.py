@@ -37,6 +37,7 @@ __all__ = [
     "Retry",
     "body_for",
     "call_until_decided",
+    "probe_while_open",
     "run_record",
     "staged_name",
     "traceparent_for",
@@ -211,7 +212,7 @@ class RecordPolicy:
             if self.tracking and job is not None:
                 return Follow(job)
             return Done("exists" if attempt.exists else "invoked")
-        if attempt.system and breaker_open:
+        if attempt.outage is not None or (attempt.system and breaker_open):
             return Hold(attempt.error)
         if not attempt.retryable:
             return DeadLetter(
@@ -255,19 +256,36 @@ def call_until_decided(
     ``wait_turn()`` that returned True is matched by one ``release_turn()``, whatever happens.
     """
     while not stop.is_set() and not stale():
-        if not breaker.wait_closed(stop) or not wait_turn():
+        if not breaker.wait_closed(stop):
+            return None
+        if not wait_turn():
+            breaker.release_probe()
             return None
         try:
             if stale():  # revoked while waiting for a turn: the partition's new owner calls it
+                breaker.release_probe()
                 return None
             job = policy.job(prepared.event, progress.job_try)
             started = time.perf_counter()
             attempt = invoker.invoke(prepared.body, policy.headers(prepared.event, job))
+        except BaseException:
+            breaker.release_probe()
+            raise
         finally:
             release_turn()
         if on_attempt is not None:
             on_attempt(attempt, time.perf_counter() - started)
-        if breaker.record(attempt.system, attempt.error):
+        if attempt.outage is not None:
+            # The breaker's probe for TLS is /health (it fails over TLS alike); for refused
+            # credentials it is one real call at a time, since /health asks for none.
+            if breaker.trip(attempt.error, probe_by_call=attempt.outage == "auth"):
+                logger.error(
+                    "OSCAR %s refuses every call (%s): invocations held, nothing dead-lettered, "
+                    "until a probe passes",
+                    invoker.base,
+                    attempt.error,
+                )
+        elif breaker.record(attempt.system, attempt.error):
             logger.error(
                 "OSCAR %s is failing as a whole (%s): invocations held until GET /health answers",
                 invoker.base,
@@ -292,6 +310,40 @@ def call_until_decided(
             continue
         return decision
     return None
+
+
+def probe_while_open(
+    breaker: CircuitBreaker,
+    invoker: OscarInvoker,
+    stop: threading.Event,
+    *,
+    max_delay: float,
+    name: str,
+    on_down: Callable[[bool], None] = lambda down: None,
+) -> None:
+    """Until ``stop``: while the breaker is open, probe with growing delays, then let calls
+    through half-open. The probe is ``GET /health``, or for refused credentials (which /health
+    does not check) the next real call itself.
+
+    The delay keeps growing across re-openings and starts again only once a call succeeded (the
+    breaker closed), so a cluster whose /health passes while jobs fail is not hammered.
+    """
+    delay = 1.0
+    while not stop.is_set():
+        if not breaker.is_open:
+            if not breaker.half_open:
+                delay = 1.0
+                on_down(False)
+            stop.wait(0.2)
+            continue
+        on_down(True)
+        if stop.wait(delay):
+            return
+        if breaker.probe_by_call or invoker.healthy():
+            down = time.monotonic() - (breaker.opened_at or time.monotonic())
+            logger.warning("%s: OSCAR held for %.0fs (%s); trying a call again", name, down, breaker.reason)
+            breaker.probe_passed()
+        delay = min(delay * 2, max_delay)
 
 
 def wait_unless(seconds: float, stop: threading.Event, stale: Callable[[], bool]) -> bool:

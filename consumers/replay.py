@@ -25,7 +25,7 @@ from dcnios.consumers.dedup import DedupWindow
 from dcnios.consumers.jobs import JobWatch
 from dcnios.consumers.oscar import OscarInvoker
 from dcnios.consumers.ratelimit import RateLimiter
-from dcnios.consumers.record import DeadLetter, Decision, Done, RecordPolicy, run_record
+from dcnios.consumers.record import DeadLetter, Decision, Done, RecordPolicy, probe_while_open, run_record
 from dcnios.errors import CodecError, KafkaError
 from dcnios.kafka import consumer_config
 from dcnios.spec import ConsumerSpec, PipelineSpec, glob_match
@@ -91,14 +91,13 @@ class Replayer:
         self._stop_watch.set()
 
     def _probe_health(self) -> None:
-        delay = 1.0
-        while not self._stop_watch.wait(0.2 if not self.breaker.is_open else delay):
-            if self.breaker.is_open:
-                if self.invoker.healthy():
-                    self.breaker.probe_passed()
-                delay = min(delay * 2, float(self.cs.oscar.health_probe_max))
-            elif not self.breaker.half_open:
-                delay = 1.0
+        probe_while_open(
+            self.breaker,
+            self.invoker,
+            self._stop_watch,
+            max_delay=float(self.cs.oscar.health_probe_max),
+            name=self.cs.name,
+        )
 
 
 def _start_offsets(consumer: Consumer, topic: str, partitions: list[int], start_ms: int) -> dict[int, int]:

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -37,12 +37,19 @@ from dcnios.consumers.record import (
     RecordPolicy,
     Retry,
     call_until_decided,
+    probe_while_open,
     wait_unless,
 )
 from dcnios.consumers.tracking import OffsetTracker
 from dcnios.control import ControlFollower, ControlState
 from dcnios.errors import CodecError, DcniosError, KafkaError
-from dcnios.kafka import LatchedProducer, consumer_config, prepare_internal_topics, producer_config
+from dcnios.kafka import (
+    LatchedProducer,
+    consumer_config,
+    prepare_internal_topics,
+    producer_config,
+    truncated,
+)
 from dcnios.metrics import ConsumerMetrics
 from dcnios.spec import ConsumerSpec, PipelineSpec
 from dcnios.storage_event import StorageEvent, dedup_key, now_millis
@@ -126,6 +133,7 @@ class ConsumerRunner:
         self._rebalancing = True  # from subscribe, and from each revoke, until the next assignment
         self._session_timeout = _LIBRDKAFKA_SESSION_TIMEOUT_MS / 1000
         self._extra = extra_config or {}
+        self._crashed: BaseException | None = None
         self._lock = threading.Lock()
         self._keys: dict[str, _KeyQueue] = {}
         self._generation: dict[tuple[str, int], int] = {}
@@ -188,7 +196,7 @@ class ConsumerRunner:
         )
         last_commit = time.monotonic()
         try:
-            while not self.stop.is_set():
+            while not self.stop.is_set() and self._crashed is None:
                 self.last_tick = time.monotonic()
                 # consume(n, timeout) waits for n records or the timeout: at low rates that is a
                 # fixed delay per record. Wait for the first only, then take what is ready.
@@ -216,6 +224,10 @@ class ConsumerRunner:
                 self._dlq.flush(30)
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 logger.info("%s: stopped", self.cs.name)
+        if self._crashed is not None:
+            raise DcniosError(f"{self.cs.name}: stopped by an unexpected error: {self._crashed!r}") from (
+                self._crashed
+            )
 
     def _announce_tracking(self) -> None:
         oscar = self.cs.oscar
@@ -327,7 +339,7 @@ class ConsumerRunner:
             event = self.codec.decode(msg.value(), msg.headers(), topic)
         except CodecError as exc:
             logger.error("%s: poison record %s[%d]@%d: %s", self.cs.name, topic, partition, offset, exc)
-            self._pool.submit(
+            self._submit(
                 functools.partial(
                     self._dead_letter,
                     msg,
@@ -353,7 +365,7 @@ class ConsumerRunner:
                 queue.waiting.append(work)
                 return
             queue.running = True
-        self._pool.submit(self._run_key, qkey, work)
+        self._submit(self._run_key, qkey, work)
 
     def _order_key(self, work: _Work) -> str:
         if self.cs.ordering == "key":
@@ -373,8 +385,8 @@ class ConsumerRunner:
         while current is not None:
             try:
                 self._process(current)
-            except Exception:  # a bug must not wedge the key: the record stays uncommitted
-                logger.exception("%s: unexpected error on %s", self.cs.name, _where(current.msg))
+            except Exception as exc:
+                self._crash(exc, current.msg)
             with self._lock:
                 queue = self._keys[qkey]
                 if queue.waiting:
@@ -383,6 +395,22 @@ class ConsumerRunner:
                     queue.running = False
                     del self._keys[qkey]
                     current = None
+
+    def _submit(self, fn: Any, *args: Any) -> None:
+        self._pool.submit(fn, *args).add_done_callback(self._check_done)
+
+    def _check_done(self, future: Future[Any]) -> None:
+        if not future.cancelled() and (exc := future.exception()) is not None:
+            self._crash(exc, None)
+
+    def _crash(self, exc: BaseException, msg: Message | None) -> None:
+        """An error no decision covers. The record it hit can be neither committed nor left
+        waiting (its partition's watermark would stop for good), so the member stops with the
+        error; the restart redelivers every record not committed."""
+        where = f" on {_where(msg)}" if msg is not None else ""
+        logger.error("%s: unexpected error%s; stopping", self.cs.name, where, exc_info=exc)
+        if self._crashed is None:
+            self._crashed = exc
 
     def _stale(self, work: _Work) -> bool:
         return self._generation.get((work.msg.topic() or "", work.msg.partition() or 0)) != work.generation
@@ -466,9 +494,9 @@ class ConsumerRunner:
                 self.cs.retry.max_attempts,
                 decision.delay,
             )
-            self._pool.submit(self._retry_job, work, decision)
+            self._submit(self._retry_job, work, decision)
             return
-        self._pool.submit(self._settle, work, decision)
+        self._submit(self._settle, work, decision)
 
     def _retry_job(self, work: _Work, decision: Retry) -> None:
         if not wait_unless(decision.delay, self.stop, lambda: self._stale(work)):
@@ -504,29 +532,14 @@ class ConsumerRunner:
             self.dedup.remember(dedup_key(work.event))
 
     def _probe_health(self) -> None:
-        """While the breaker is open: probe GET /health with backoff, then let calls through.
-
-        The delay keeps growing across re-openings and starts again only once a call succeeded
-        (the breaker closed), so a cluster whose /health passes while jobs fail is not hammered.
-        """
-        delay = 1.0
-        while not self._poller_stop.is_set():
-            if not self.breaker.is_open:
-                if not self.breaker.half_open:
-                    delay = 1.0
-                    self._m["oscar_down"].set(0)
-                self._poller_stop.wait(0.2)
-                continue
-            self._m["oscar_down"].set(1)
-            if self._poller_stop.wait(delay):
-                return
-            if self.invoker.healthy():
-                down = time.monotonic() - (self.breaker.opened_at or time.monotonic())
-                logger.warning(
-                    "%s: OSCAR's /health answers after %.0fs; trying calls again", self.cs.name, down
-                )
-                self.breaker.probe_passed()
-            delay = min(delay * 2, float(self.cs.oscar.health_probe_max))
+        probe_while_open(
+            self.breaker,
+            self.invoker,
+            self._poller_stop,
+            max_delay=float(self.cs.oscar.health_probe_max),
+            name=self.cs.name,
+            on_down=lambda down: self._m["oscar_down"].set(1 if down else 0),
+        )
 
     def _wait_for_turn(self) -> bool:
         """Pause, the max_pending_jobs gate, then the rate; True holds a gate slot until
@@ -581,9 +594,13 @@ class ConsumerRunner:
             headers.append(("dcnios-job-log-tail", log_tail.encode("utf-8", "replace")[-2000:]))
         acked = threading.Event()
         assert self.cs.dead_letter_topic is not None
+        # Too large for the DLQ (a poison record over the producer's size limit) would be refused
+        # at once; a cut copy and the offset of the whole record are what the DLQ can keep.
+        value, cut = truncated(msg.value())
+        headers += cut
         self._dlq.produce(
             self.cs.dead_letter_topic,
-            msg.value(),
+            value,
             key=msg.key(),
             headers=headers,
             on_delivery=lambda _t, _m: acked.set(),

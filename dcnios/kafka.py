@@ -25,6 +25,7 @@ from dcnios.spec import KafkaSpec
 from dcnios.topics import TopicPlan
 
 __all__ = [
+    "REPORT_BYTES",
     "LatchedProducer",
     "OutHeaders",
     "RdConf",
@@ -37,6 +38,7 @@ __all__ = [
     "prepare_internal_topics",
     "producer_config",
     "read_compacted",
+    "truncated",
 ]
 
 logger = logging.getLogger(__name__)
@@ -140,6 +142,20 @@ def consumer_config(kafka: KafkaSpec, group: str, **overrides: str | Secret) -> 
     )
     conf.update(_revealed(overrides))
     return _warn_insecure(conf)
+
+
+#: The most of a record's value a report keeps (``<topic>.invalid``, the DLQ): the broker and the
+#: producer refuse a record over ``message.max.bytes`` (about 1 MB by default), and a refused
+#: report would stop the process or leave its record neither done nor reported.
+REPORT_BYTES: Final = 512 << 10
+
+
+def truncated(value: bytes | None, limit: int = REPORT_BYTES) -> tuple[bytes | None, OutHeaders]:
+    """``value`` cut to ``limit`` bytes, with headers that say so (``dcnios-truncated`` and the
+    original ``dcnios-size``); unchanged, with no headers, when it fits."""
+    if value is None or len(value) <= limit:
+        return value, []
+    return value[:limit], [("dcnios-truncated", b"true"), ("dcnios-size", str(len(value)).encode())]
 
 
 def masked_config(conf: RdConf) -> RdConf:

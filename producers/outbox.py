@@ -9,7 +9,7 @@ from typing import Any, Final
 from confluent_kafka import Message
 
 from dcnios.codec import StorageEventCodec
-from dcnios.kafka import LatchedProducer, OutHeaders
+from dcnios.kafka import LatchedProducer, OutHeaders, truncated
 from dcnios.metrics import ProducerMetrics
 from dcnios.producers.checkpoint import Slot
 from dcnios.producers.dcache_api import Child
@@ -78,24 +78,25 @@ class Outbox:
     def invalid(
         self, raw: bytes, reason: str, slot: Slot, channel_url: str | None, *, size: int | None = None
     ) -> None:
-        """The raw input, its first ``INVALID_BYTES`` only: the broker refuses a record over its
-        size limit (1 MB by default), and a refused write would stop the producer."""
+        """The raw input (its first ``INVALID_BYTES``), why, and how large it was (``size``, when
+        ``raw`` is already only the head of it)."""
         name = self.source.name
         self.metrics.invalid.labels(name).inc()
         size = len(raw) if size is None else size
         logger.warning("%s: invalid input of %d bytes (%s) -> %s", name, size, reason, self.invalid_topic)
+        value, _ = truncated(raw, INVALID_BYTES)
         headers: OutHeaders = [
             (_REASON_HEADER, reason.encode()),
             ("dcnios-source", name.encode()),
             ("dcnios-channel", (channel_url or "").encode()),
             ("dcnios-size", str(size).encode()),
         ]
-        if size > INVALID_BYTES or len(raw) > INVALID_BYTES:
+        if size > len(value or b""):
             headers.append(("dcnios-truncated", b"true"))
         slot.pending += 1
         self.producer.produce(
             self.invalid_topic,
-            raw[:INVALID_BYTES],
+            value,
             headers=headers,
             on_delivery=self._acked,
             token=(slot, self.invalid_topic, now_millis(), None),

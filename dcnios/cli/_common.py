@@ -155,7 +155,11 @@ class StopFlag:
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if self.event.is_set():
             logger.warning("second %s: stopping now", signal.Signals(signum).name)
-            raise SystemExit(130)
+            # SystemExit would wait for every worker thread, and one stuck in a call would keep
+            # the process alive: at once means without them. Nothing acknowledged is lost by it
+            # (offsets and checkpoints only ever pass what is done); unfinished work is redone.
+            logging.shutdown()
+            os._exit(130)
         logger.info("%s: stopping (send it again to stop at once)", signal.Signals(signum).name)
         self.event.set()
 

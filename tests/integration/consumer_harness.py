@@ -32,7 +32,7 @@ def consumer_spec(
 ) -> PipelineSpec:
     """``extra`` lines (consumer keys) and ``oscar_extra`` (", key: value") override the defaults."""
     auth = f"token: '{token}'" if token else "username: oscar, password: oscar123"
-    oscar_fields = {"timeout": "2s", "connect_timeout": "2s", "input_path": "/data/in"}
+    oscar_fields = {"service": "grayify", "timeout": "2s", "connect_timeout": "2s", "input_path": "/data/in"}
     for item in filter(None, (part.strip() for part in oscar_extra.split(","))):
         key, _, value = item.partition(":")
         oscar_fields[key.strip()] = value.strip()
@@ -57,7 +57,7 @@ kafka:
 consumers:
   - name: svc
     topic: {prefix}.events
-    oscar: {{endpoint: "{oscar}", service: grayify, {auth}, {oscar_text}}}
+    oscar: {{endpoint: "{oscar}", {auth}, {oscar_text}}}
 {consumer_text}"""
     path = tmp_path / f"{prefix}.yaml"
     path.write_text(text)

@@ -211,8 +211,12 @@ def test_non_retryable_and_poison_go_to_dlq_with_headers(
     bootstrap: str, tmp_path: Path, unique: Callable[[str], str]
 ) -> None:
     prefix = unique("c")
-    with OscarEmulator(version="3") as oscar:  # v3: unknown service is 404, not retried
-        spec = consumer_spec(tmp_path, bootstrap, oscar.endpoint, prefix, token="a" * 64)
+    with OscarEmulator() as oscar:
+        oscar.add_service("grayify", input_path="/data/in")
+        oscar.fault = lambda call: 400  # about this record: not retried
+        spec = consumer_spec(
+            tmp_path, bootstrap, oscar.endpoint, prefix, token=oscar.services["grayify"].token
+        )
         produce(bootstrap, f"{prefix}.events", [event(1)])
         producer = Producer({"bootstrap.servers": bootstrap})
         producer.produce(f"{prefix}.events", b"garbage", b"/data/in/poison", partition=0)
@@ -224,11 +228,77 @@ def test_non_retryable_and_poison_go_to_dlq_with_headers(
         finally:
             running.halt()
     headers = {h["dcnios-http-status"]: h for _, h in got[:2]}
-    assert set(headers) == {b"404", b""}
-    assert headers[b"404"]["dcnios-attempts"] == b"1"
-    assert headers[b"404"]["dcnios-error"].startswith(b"HTTP 404")
+    assert set(headers) == {b"400", b""}
+    assert headers[b"400"]["dcnios-attempts"] == b"1"
+    assert headers[b"400"]["dcnios-error"].startswith(b"HTTP 400")
     assert b"no dcnios-schema header" in headers[b""]["dcnios-error"]
-    assert headers[b"404"]["dcnios-topic"] == f"{prefix}.events".encode()
+    assert headers[b"400"]["dcnios-topic"] == f"{prefix}.events".encode()
+
+
+@pytest.mark.parametrize("refusal", ["wrong token", "no such service"])
+def test_refused_credentials_hold_the_backlog_instead_of_dead_lettering_it(
+    bootstrap: str, tmp_path: Path, unique: Callable[[str], str], refusal: str
+) -> None:
+    """A 401 that no token refetch clears, or a 404 for the service, is no fault of a record:
+    dead-lettering each would empty the backlog into the DLQ at full speed."""
+    prefix = unique("c")
+    with OscarEmulator(version="3") as oscar:  # v3 answers 404 for an unknown service
+        right = oscar.add_service("grayify", input_path="/data/in")
+        service = "grayify" if refusal == "wrong token" else "grayify-renamed"
+        spec = consumer_spec(
+            tmp_path,
+            bootstrap,
+            oscar.endpoint,
+            prefix,
+            token="b" * 64,
+            oscar_extra=f"service: {service}, health_probe_max: 1s",
+        )
+        produce(bootstrap, f"{prefix}.events", [event(i) for i in range(20)])
+        running = start(spec)
+        try:
+            runner = running.runner
+            wait_for(lambda: runner.breaker.is_open, 30)
+            assert "check oscar.service and its token" in runner.breaker.reason
+            time.sleep(4)  # probes meanwhile: one call each, at 1 s, then 1 s again
+            refused = [c for c in oscar.calls if c.path == f"/job/{service}"]
+            assert 1 <= len(refused) <= 8
+            assert runner.metrics.dlq.labels("svc", "failed")._value.get() == 0
+            # Fixed on OSCAR's side: the next probe call passes and the backlog flows.
+            if refusal == "wrong token":
+                oscar.services["grayify"].token = "b" * 64
+            else:
+                oscar.add_service("grayify-renamed")
+                oscar.services["grayify-renamed"].token = "b" * 64
+            wait_for(lambda: len(oscar.jobs(service)) >= 20, 60)
+        finally:
+            running.halt()
+    assert right != "b" * 64
+    assert sorted(invoked_names(oscar.job_calls(service))) == [f"f{i:05d}.png" for i in range(20)]
+
+
+def test_a_poison_record_too_large_for_the_dlq_is_dead_lettered_cut(
+    bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    # 1.5 MB: over the DLQ producer's message.max.bytes, which refused the copy at once and left
+    # the record neither committed nor dead-lettered (its partition stopped for good).
+    prefix = unique("c")
+    spec = consumer_spec(tmp_path, bootstrap, oscar.endpoint, prefix, partitions=1)
+    big = Producer({"bootstrap.servers": bootstrap, "message.max.bytes": str(4 << 20)})
+    big.produce(f"{prefix}.events", b"\x00" * (3 << 19), b"/data/in/poison", partition=0)
+    big.flush(10)
+    produce(bootstrap, f"{prefix}.events", [event(1)])
+    running = start(spec)
+    try:
+        got: list = []  # type: ignore[type-arg]
+        wait_for(lambda: bool(got.__iadd__(_dlq_raw(bootstrap, f"{prefix}.events.dlq")) or got), 60)
+        wait_for(lambda: len(oscar.jobs("grayify")) >= 1, 30)  # the record behind it goes on
+        wait_for(lambda: committed(bootstrap, f"{prefix}-svc", f"{prefix}.events", 1) == {0: 2}, 30)
+    finally:
+        running.halt()
+    (value, headers), *_ = got
+    assert len(value) == 512 << 10
+    assert headers["dcnios-truncated"] == b"true" and headers["dcnios-size"] == str(3 << 19).encode()
+    assert headers["dcnios-offset"] == b"0" and not running.errors
 
 
 def _dlq_raw(bootstrap: str, topic: str) -> list:  # type: ignore[type-arg]
@@ -470,6 +540,39 @@ def test_runtime_rate_change_and_pause(
         assert again.runner.group_rate() == 100
     finally:
         again.halt()
+
+
+def test_a_second_sigterm_stops_at_once_even_with_calls_under_way(
+    bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    prefix = unique("c")
+    consumer_spec(
+        tmp_path,
+        bootstrap,
+        oscar.endpoint,
+        prefix,
+        token=oscar.services["grayify"].token,
+        extra="drain_timeout: 60s\n",
+        oscar_extra="timeout: 60s",
+    )
+    oscar.latency = 30.0  # every call takes half a minute: the first SIGTERM waits for them
+    produce(bootstrap, f"{prefix}.events", [event(i) for i in range(4)])
+    exe = str(Path(sys.executable).parent / "dcnios-consumer")
+    config = str(tmp_path / f"{prefix}.yaml")
+    with open(tmp_path / "consumer.log", "ab") as log:
+        proc = subprocess.Popen([exe, "-c", config, "--consumer", "svc"], stderr=log, env={**os.environ})
+        try:
+            wait_for(lambda: len(oscar.calls) >= 4, 60)
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(1)
+            assert proc.poll() is None  # draining: the calls under way may still finish
+            proc.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            assert proc.wait(20) == 130
+            assert time.monotonic() - started < 5
+        finally:
+            if proc.poll() is None:
+                proc.kill()
 
 
 def test_kill_9_mid_stream_then_restart(

@@ -234,6 +234,34 @@ def test_the_breaker_is_half_open_after_a_passing_probe() -> None:
     assert not any(breaker.record(True) for _ in range(4))  # closed: a run of five again
 
 
+def test_half_open_lets_one_call_through_until_it_reports() -> None:
+    breaker = CircuitBreaker()
+    assert breaker.trip("HTTP 401 (the credentials are refused)", probe_by_call=True)
+    assert breaker.is_open and breaker.probe_by_call
+    stop = threading.Event()
+    breaker.probe_passed()
+    assert breaker.wait_closed(stop)  # this caller makes the one call
+    others: list[bool] = []
+    waiter = threading.Thread(target=lambda: others.append(breaker.wait_closed(stop)))
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive()  # held while the probe call is under way
+    breaker.release_probe()  # the probe's caller was stopped before calling: the next one goes
+    waiter.join(2)
+    assert others == [True]
+    assert breaker.trip("HTTP 401 again", probe_by_call=True)  # the second caller was refused too
+    assert breaker.is_open and breaker.reason == "HTTP 401 again"
+    breaker.probe_passed()
+    assert breaker.wait_closed(stop)
+    assert breaker.record(False) is False  # the call was answered: closed
+    assert not breaker.is_open and not breaker.half_open and not breaker.probe_by_call
+
+
+def test_an_outage_holds_the_record_instead_of_spending_its_attempts() -> None:
+    refused = Attempt(False, 401, True, "HTTP 401 (the credentials are refused)", outage="auth")
+    assert isinstance(_policy().after_call(refused, 99, breaker_open=False, job=None), Hold)
+
+
 def test_payloads_and_traceparent() -> None:
     assert b'"path":"/data/in/a.png"' in _policy(payload="record").prepare(event()).body  # type: ignore[union-attr]
     one, two = traceparent_for(event()), traceparent_for(event())
