@@ -42,7 +42,7 @@ from dcnios.consumers.record import (
 )
 from dcnios.consumers.tracking import OffsetTracker
 from dcnios.control import ControlFollower, ControlState
-from dcnios.errors import CodecError, DcniosError, KafkaError
+from dcnios.errors import CodecError, DcniosError, KafkaError, OscarError
 from dcnios.kafka import (
     LatchedProducer,
     consumer_config,
@@ -168,11 +168,10 @@ class ConsumerRunner:
     # -- lifecycle -------------------------------------------------------------------------
     def run(self) -> None:
         prepare_internal_topics(self.spec.kafka, plans_named(self.spec, control_topic(self.spec.kafka)))
-        self.policy = RecordPolicy(
-            self.cs,
-            input_path=self.invoker.input_path() if self.cs.payload == "dcache" else None,
-            tracking=self.tracking,
-        )
+        input_path = self._input_path() if self.cs.payload == "dcache" else None
+        if self.stop.is_set():
+            return
+        self.policy = RecordPolicy(self.cs, input_path=input_path, tracking=self.tracking)
         self._announce_tracking()
         follower = ControlFollower(self.spec.kafka, self.cs.name, self._on_control).start()
         threads = [
@@ -228,6 +227,21 @@ class ConsumerRunner:
             raise DcniosError(f"{self.cs.name}: stopped by an unexpected error: {self._crashed!r}") from (
                 self._crashed
             )
+
+    def _input_path(self) -> str | None:
+        """The service's input path; while OSCAR is down (no answer, 5xx) asked again with backoff,
+        as a call would be: a consumer started during an outage waits for it, it does not exit."""
+        delay = 1.0
+        while True:
+            try:
+                return self.invoker.input_path()
+            except OscarError as exc:
+                if exc.status is not None and exc.status < 500:
+                    raise
+                logger.warning("%s: %s; asking again in %.0fs", self.cs.name, exc, delay)
+                if self.stop.wait(delay):
+                    return None
+                delay = min(delay * 2, float(self.cs.oscar.health_probe_max))
 
     def _announce_tracking(self) -> None:
         oscar = self.cs.oscar

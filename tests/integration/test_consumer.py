@@ -19,6 +19,7 @@ from confluent_kafka import Producer
 from consumer_harness import committed, consumer_spec, event, invoked_names, produce, start
 from producer_harness import read_topic, run_in_thread, wait_for
 
+from dcnios.broker import free_port
 from dcnios.cli import main as dcnios_main
 from dcnios.codec import StorageEventCodec
 from dcnios.consumers.run import ConsumerRunner
@@ -450,7 +451,6 @@ def _healthz(port: int) -> dict:  # type: ignore[type-arg]
 def test_three_processes_share_the_group_rate(
     bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
 ) -> None:
-    from dcnios.broker import free_port
 
     prefix = unique("c")
     consumer_spec(
@@ -540,6 +540,26 @@ def test_runtime_rate_change_and_pause(
         assert again.runner.group_rate() == 100
     finally:
         again.halt()
+
+
+def test_a_consumer_started_while_oscar_is_down_waits_for_it(
+    bootstrap: str, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    # The input path is read from the service definition at start: OSCAR down then (8 s in the
+    # report) made the consumer exit instead of waiting, as its calls would.
+    prefix = unique("c")
+    port = free_port()
+    spec = consumer_spec(tmp_path, bootstrap, f"http://127.0.0.1:{port}", prefix, oscar_extra="input_path: ~")
+    produce(bootstrap, f"{prefix}.events", [event(i) for i in range(5)])
+    running = start(spec)
+    try:
+        time.sleep(3)
+        assert not running.errors and running.thread.is_alive()
+        with OscarEmulator(port=port) as oscar:
+            oscar.add_service("grayify", input_path="/data/in")
+            wait_for(lambda: len(oscar.jobs("grayify")) >= 5, 60)
+    finally:
+        running.halt()
 
 
 def test_a_second_sigterm_stops_at_once_even_with_calls_under_way(
@@ -660,7 +680,6 @@ def test_metrics_and_healthz(
 ) -> None:
     import urllib.request
 
-    from dcnios.broker import free_port
     from dcnios.metrics import serve_metrics
 
     prefix = unique("c")
