@@ -30,6 +30,8 @@ class Result:
     goal: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     date: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    #: The command whose run measured this row (rows of other runs are kept by ``--only``).
+    made_by: str = ""
 
     @property
     def ratio(self) -> float | None:

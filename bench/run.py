@@ -7,6 +7,7 @@ sys.path, or ./dcnios would shadow the installed package.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -34,13 +35,14 @@ BENCHMARKS = {
 
 
 def render(results: list[Result], command: str) -> str:
-    runs = sorted({r.date[:16] for r in results})
+    runs = sorted({(r.made_by, r.date[:10]) for r in results})
     several = len(runs) > 1
-    when = runs[0] if not several else f"runs of {', '.join(runs)} (the `run` column)"
+    made = f"by `{command}`" if not several else "by the runs that the `run` column names"
+    when = results[0].date if results and not several else "rows kept from each run's last time"
     lines = [
         "# Benchmarks",
         "",
-        f"Made by `{command}` ({platform.machine()}, {os.cpu_count()} cores, "
+        f"Made {made} ({platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}),",
         f"{when}. Every ceiling is measured in",
         "the same run as the figure it is compared with; the ratio is value / ceiling. Machine-readable:",
@@ -56,7 +58,7 @@ def render(results: list[Result], command: str) -> str:
         params = ", ".join(f"{k}={v}" for k, v in r.parameters.items())
         lines.append(
             f"| {r.benchmark} | {r.metric} | {r.value:,.1f} {r.unit} | {ceiling} | {ratio} | "
-            f"{r.goal or ''} | {params} |" + (f" {r.date[:16]} |" if several else "")
+            f"{r.goal or ''} | {params} |" + (f" `{r.made_by}` {r.date[:10]} |" if several else "")
         )
     return "\n".join(lines) + "\n"
 
@@ -87,26 +89,38 @@ def main() -> int:
         choices=sorted(BENCHMARKS),
         help="run only this benchmark (repeatable); the others' rows are kept from bench/results.json",
     )
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="run nothing: write BENCHMARKS.md again from bench/results.json and bench/NOTES.md",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     started = time.time()
-    chosen = [name for name in BENCHMARKS if not args.only or name in args.only]
+    chosen = [] if args.render_only else [name for name in BENCHMARKS if not args.only or name in args.only]
     results: list[Result] = []
-    with broker() as bootstrap:
+    with broker() if chosen else contextlib.nullcontext("") as bootstrap:
         for name in chosen:
             print(f"-- {name}", file=sys.stderr, flush=True)
             results += BENCHMARKS[name](bootstrap, args.quick)
-    if args.only:
+    if args.render_only:
+        results = _earlier([])
+        runs = sorted({r.made_by for r in results})
+        command = runs[0] if len(runs) == 1 else "make bench ONLY=..."
+    elif args.only:
         order = list(BENCHMARKS)
         results = sorted(
             _earlier(chosen) + results, key=lambda r: order.index(_MADE_BY.get(r.benchmark, r.benchmark))
         )
-    command = "make bench" + (" QUICK=1" if args.quick else "")
-    command += f" ONLY={' '.join(args.only)}" if args.only else ""
+    if not args.render_only:
+        command = "make bench" + (" QUICK=1" if args.quick else "")
+        command += f" ONLY={' '.join(args.only)}" if args.only else ""
+    for result in results:
+        result.made_by = result.made_by or command
     (ROOT / "bench" / "results.json").write_text(json.dumps([r.to_json() for r in results], indent=2) + "\n")
     text = render(results, command)
     images = plots.render(SERIES, ROOT / "bench")
-    if args.only:  # the plots of the benchmarks not run now stay as they were
+    if args.only or args.render_only:  # the plots of the benchmarks not run now stay as they were
         images += [p for p in sorted((ROOT / "bench").glob("*.png")) if p not in images]
     if images:
         text += "\n" + "\n".join(f"![{p.stem}](bench/{p.name})" for p in images) + "\n"

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from producer_harness import Running, run_in_thread
@@ -118,3 +122,9 @@ def dlq_raw(
     finally:
         consumer.close()
     return out
+
+
+def spawn_consumer(config: str, log: IO[bytes], *extra: str) -> subprocess.Popen[bytes]:
+    """A real ``dcnios-consumer`` process for the spec's consumer ``svc``, its stderr in ``log``."""
+    exe = str(Path(sys.executable).parent / "dcnios-consumer")
+    return subprocess.Popen([exe, "-c", config, "--consumer", "svc", *extra], stderr=log, env={**os.environ})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
-from consumer_harness import committed, consumer_spec, event, invoked_names, produce, start
+from consumer_harness import committed, consumer_spec, event, invoked_names, produce, spawn_consumer, start
 from producer_harness import read_topic, run_in_thread, wait_for
 
 from dcnios.broker import free_port
@@ -577,10 +576,9 @@ def test_a_second_sigterm_stops_at_once_even_with_calls_under_way(
     )
     oscar.latency = 30.0  # every call takes half a minute: the first SIGTERM waits for them
     produce(bootstrap, f"{prefix}.events", [event(i) for i in range(4)])
-    exe = str(Path(sys.executable).parent / "dcnios-consumer")
     config = str(tmp_path / f"{prefix}.yaml")
     with open(tmp_path / "consumer.log", "ab") as log:
-        proc = subprocess.Popen([exe, "-c", config, "--consumer", "svc"], stderr=log, env={**os.environ})
+        proc = spawn_consumer(config, log)
         try:
             wait_for(lambda: len(oscar.calls) >= 4, 60)
             proc.send_signal(signal.SIGTERM)
@@ -610,14 +608,13 @@ def test_kill_9_mid_stream_then_restart(
     config = str(tmp_path / f"{prefix}.yaml")
     events = [event(i) for i in range(600)]
     produce(bootstrap, f"{prefix}.events", events)
-    exe = str(Path(sys.executable).parent / "dcnios-consumer")
     with open(tmp_path / "consumer.log", "ab") as log:
-        proc = subprocess.Popen([exe, "-c", config, "--consumer", "svc"], stderr=log, env={**os.environ})
+        proc = spawn_consumer(config, log)
         try:
             wait_for(lambda: len(oscar.jobs("grayify")) >= 200, 60)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            proc = subprocess.Popen([exe, "-c", config, "--consumer", "svc"], stderr=log, env={**os.environ})
+            proc = spawn_consumer(config, log)
             wait_for(lambda: set(invoked_names(oscar.job_calls("grayify"))) >= {e.name for e in events}, 120)
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(60) == 0
