@@ -42,8 +42,7 @@ def render(results: list[Result], command: str) -> str:
     lines = [
         "# Benchmarks",
         "",
-        f"Made {made} ({platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}),",
+        f"Made {made} ({platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}),",
         f"{when}. Every ceiling is measured in",
         "the same run as the figure it is compared with; the ratio is value / ceiling. Machine-readable:",
         "`bench/results.json`.",

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import threading
@@ -18,6 +19,7 @@ from typing import Any, Final
 import fastavro
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
+from dcnios.avro_writer import compile_writer
 from dcnios.errors import CodecError, SchemaError
 from dcnios.spec import RegistrySpec
 from dcnios.storage_event import StorageEvent
@@ -32,6 +34,7 @@ __all__ = [
 ]
 
 SCHEMA_HEADER: Final = "dcnios-schema"
+_EVENT_FIELDS: Final = frozenset(f.name for f in dataclasses.fields(StorageEvent))
 Headers = Sequence[tuple[str, bytes | str | None]] | dict[str, str | bytes | None]
 _CONFLUENT_MAGIC: Final = 0
 
@@ -74,6 +77,10 @@ class StorageEventCodec:
     def __init__(self, registry: RegistrySpec | None = None, schema: dict[str, Any] | None = None) -> None:
         self.schema = schema if schema is not None else load_schema()
         self._parsed = _parse(self.schema)
+        # fastavro stays the decoder, and the encoder for a schema the compiler does not handle.
+        fields = {f["name"] for f in self._parsed.get("fields", ())}
+        self._compiled = compile_writer(self._parsed, attributes=fields <= _EVENT_FIELDS)
+        self._compiled_takes_event = fields <= _EVENT_FIELDS
         self.fingerprint = schema_fingerprint(self.schema)
         self._header: tuple[str, str | bytes | None] = (SCHEMA_HEADER, self.fingerprint.encode())
         self._writers: dict[str, Any] = {self.fingerprint: self._parsed}
@@ -101,6 +108,9 @@ class StorageEventCodec:
 
             value = self._confluent_serializer()(event, SerializationContext(topic, MessageField.VALUE))
             return value, []
+        if self._compiled is not None:
+            datum: Any = event if self._compiled_takes_event else event.to_avro()
+            return self._compiled(datum), [self._header]
         buf = io.BytesIO()
         fastavro.schemaless_writer(buf, self._parsed, event.to_avro())
         return buf.getvalue(), [self._header]

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dcnios.avro_writer import compile_writer
 from dcnios.codec import SCHEMA_HEADER, StorageEventCodec, evolution_problems, load_schema
 from dcnios.errors import CodecError, SchemaError
 from dcnios.inotify import MASK_ORDER
@@ -181,3 +182,82 @@ def test_datum_matches_avsc_exactly() -> None:
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, fastavro.parse_schema(load_schema()), event().to_avro())
     assert set(event().to_avro()) == {f["name"] for f in load_schema()["fields"]}
+
+
+def _fastavro_bytes(schema: dict[str, Any], datum: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(schema, _force=True), datum)
+    return buf.getvalue()
+
+
+#: Every version of the StorageEvent schema: today's, and the ones before gap and synthetic.
+SCHEMA_VERSIONS = [
+    load_schema(),
+    _without(load_schema(), "gap"),
+    _without(_without(load_schema(), "gap"), "synthetic"),
+]
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(events)
+def test_the_compiled_writer_is_byte_identical_to_fastavro(ev: StorageEvent) -> None:
+    for schema in SCHEMA_VERSIONS:
+        parsed = fastavro.parse_schema(schema, _force=True)
+        names = {f["name"] for f in schema["fields"]}
+        datum = {k: v for k, v in ev.to_avro().items() if k in names}
+        by_attribute, by_key = compile_writer(parsed, attributes=True), compile_writer(parsed)
+        assert by_attribute is not None and by_key is not None
+        assert by_attribute(ev) == by_key(datum) == _fastavro_bytes(schema, datum)
+    value, _ = StorageEventCodec().encode(ev, "t")
+    assert value == _fastavro_bytes(load_schema(), ev.to_avro())
+
+
+RICH = {
+    "type": "record",
+    "name": "Rich",
+    "fields": [
+        {"name": "i", "type": "int"},
+        {"name": "f", "type": "float"},
+        {"name": "d", "type": ["null", "double"]},
+        {"name": "raw", "type": "bytes"},
+        {"name": "flags", "type": {"type": "array", "items": "boolean"}},
+        {"name": "tags", "type": {"type": "map", "values": "long"}},
+        {
+            "name": "inner",
+            "type": {"type": "record", "name": "Inner", "fields": [{"name": "s", "type": "string"}]},
+        },
+        {"name": "later", "type": ["string", "null"]},
+    ],
+}
+_RICH_DATA = st.fixed_dictionaries(
+    {
+        "i": st.integers(min_value=-(2**31), max_value=2**31 - 1),
+        "f": st.floats(width=32, allow_nan=False),
+        "d": st.one_of(st.none(), st.floats(allow_nan=False)),
+        "raw": st.binary(max_size=300),
+        "flags": st.lists(st.booleans(), max_size=20),
+        "tags": st.dictionaries(st.text(max_size=10), st.integers(min_value=-(2**63), max_value=2**63 - 1)),
+        "inner": st.fixed_dictionaries({"s": st.text(max_size=100)}),
+        "later": st.one_of(st.none(), st.text(max_size=20)),
+    }
+)
+
+
+@given(_RICH_DATA)
+def test_the_compiled_writer_covers_every_type_it_accepts(datum: dict[str, Any]) -> None:
+    writer = compile_writer(fastavro.parse_schema(RICH, _force=True))
+    assert writer is not None and writer(datum) == _fastavro_bytes(RICH, datum)
+
+
+def test_a_schema_the_compiler_does_not_handle_is_left_to_fastavro() -> None:
+    with_enum = copy.deepcopy(load_schema())
+    with_enum["fields"].append(
+        {
+            "name": "kind",
+            "type": ["null", {"type": "enum", "name": "Kind", "symbols": ["A"]}],
+            "default": None,
+        }
+    )
+    assert compile_writer(fastavro.parse_schema(with_enum, _force=True)) is None
+    three_way = {"type": "record", "name": "U", "fields": [{"name": "u", "type": ["null", "int", "string"]}]}
+    assert compile_writer(fastavro.parse_schema(three_way, _force=True)) is None
