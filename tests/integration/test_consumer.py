@@ -21,6 +21,7 @@ from producer_harness import read_topic, run_in_thread, wait_for
 from dcnios.broker import free_port
 from dcnios.cli import main as dcnios_main
 from dcnios.codec import StorageEventCodec
+from dcnios.consumers.oscar import Attempt
 from dcnios.consumers.run import ConsumerRunner
 from dcnios.control import write_control
 from dcnios.sandbox.oscar import Call, OscarEmulator
@@ -537,6 +538,37 @@ def test_runtime_rate_change_and_pause(
     try:
         wait_for(again.runner.ready.is_set, 60)
         assert again.runner.group_rate() == 100
+    finally:
+        again.halt()
+
+
+def test_an_unexpected_error_stops_the_member_instead_of_wedging_its_partition(
+    bootstrap: str, oscar: OscarEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    prefix = unique("c")
+    token = oscar.services["grayify"].token
+    spec = consumer_spec(tmp_path, bootstrap, oscar.endpoint, prefix, token=token, partitions=1)
+    events = [event(i) for i in range(10)]
+    produce(bootstrap, f"{prefix}.events", events)
+    runner = ConsumerRunner(spec, spec.consumers[0], stop=threading.Event())
+    real, calls = runner.invoker.invoke, [0]
+
+    def with_a_bug(body: bytes, headers: dict[str, str]) -> Attempt:
+        calls[0] += 1
+        if calls[0] == 3:
+            raise RuntimeError("a bug no decision covers")
+        return real(body, headers)
+
+    runner.invoker.invoke = with_a_bug  # type: ignore[method-assign]
+    crashed = run_in_thread(runner, runner.stop)
+    crashed.thread.join(60)
+    assert not crashed.thread.is_alive()
+    (error,) = crashed.errors
+    assert "a bug no decision covers" in str(error)
+    assert committed(bootstrap, f"{prefix}-svc", f"{prefix}.events", 1)[0] < 10
+    again = start(spec)  # what a supervisor does: the restart redelivers what was not committed
+    try:
+        wait_for(lambda: set(invoked_names(oscar.job_calls("grayify"))) >= {e.name for e in events}, 60)
     finally:
         again.halt()
 

@@ -16,9 +16,11 @@ import requests
 from producer_harness import files, make_spec, read_topic, ready_source, start, wait_for
 
 from dcnios.errors import DCacheError
+from dcnios.producers.dcache_api import DCacheClient, UnreadableListingError
 from dcnios.producers.sse import Frame, iter_frames
 from dcnios.producers.stream import body_chunks
 from dcnios.sandbox.dcache import DCacheEmulator
+from dcnios.spec import parse_spec
 from dcnios.storage_event import StorageEvent, dcache_envelope
 
 pytestmark = pytest.mark.integration
@@ -524,3 +526,36 @@ def test_a_close_delimited_stream_is_read_as_it_arrives() -> None:
         reader.join(10)
         response.close()
         server.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"children": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "JSON nested too deep"),
+        (b"<html>maintenance</html>", "the answer is not JSON"),
+    ],
+)
+def test_an_unreadable_listing_is_reported_with_its_body_not_a_crash(body: bytes, reason: str) -> None:
+    """A listing nested 100,000 deep crashed the producer (RecursionError), which listed again
+    after its restart and crashed again."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+            conn.sendall(head % len(body) + body)
+
+    threading.Thread(target=serve, daemon=True).start()
+    spec = parse_spec(
+        "sources:\n  - {name: s, endpoint: 'http://127.0.0.1:"
+        f"{server.getsockname()[1]}/api/v1', paths: [/in], topic: t}}\n",
+        env={},
+    )
+    try:
+        with pytest.raises(UnreadableListingError, match=reason) as raised:
+            DCacheClient(spec.sources[0]).list_page("/in", 0, 10)
+    finally:
+        server.close()
+    assert raised.value.body == body  # what goes to <topic>.invalid
