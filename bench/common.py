@@ -41,6 +41,10 @@ class Result:
         return {**asdict(self), "ratio": self.ratio}
 
 
+def embedded_broker() -> bool:
+    return not os.environ.get("DCNIOS_TEST_BOOTSTRAP")
+
+
 @contextlib.contextmanager
 def broker() -> Iterator[str]:
     external = os.environ.get("DCNIOS_TEST_BOOTSTRAP")

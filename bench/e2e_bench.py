@@ -20,10 +20,10 @@ import uuid
 from pathlib import Path
 
 import requests
-from common import SERIES, Result, percentile, produce_names, wait
+from common import SERIES, Result, embedded_broker, percentile, produce_names, wait
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from dcnios.broker import free_port
+from dcnios.broker import EMBEDDED_CONSUMER_SETTINGS, free_port
 from dcnios.codec import StorageEventCodec
 from dcnios.control import write_control
 from dcnios.kafka import ensure_topics
@@ -35,6 +35,14 @@ from dcnios.status import partition_extents
 from dcnios.topics import topic_plan
 
 BIN = Path(sys.executable).parent
+
+
+def _consumer_settings() -> dict[str, str]:
+    """What `dcnios up` gives a consumer: on the embedded broker, its fetch wait too."""
+    settings = {"session.timeout.ms": "6000"}
+    if embedded_broker():
+        settings.update(EMBEDDED_CONSUMER_SETTINGS)
+    return settings
 
 
 def _spec(
@@ -50,7 +58,7 @@ def _spec(
         "consumers:\n  - name: svc\n"
         f"    topic: {prefix}.events\n    group: {prefix}\n    concurrency: {concurrency}\n{extra}"
         f"    oscar: {{endpoint: '{oscar}', service: svc, token: '{token}', input_path: /in}}\n"
-        "    librdkafka: {session.timeout.ms: '6000'}\n"
+        f"    librdkafka: {{{', '.join(f'{k}: {v!r}' for k, v in _consumer_settings().items())}}}\n"
     )
     spec = load_spec(path)
     ensure_topics(spec.kafka, topic_plan(spec))

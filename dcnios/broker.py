@@ -10,9 +10,10 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Final
 
 from dcnios.errors import BrokerError, ExtraMissingError
@@ -71,6 +72,13 @@ def _wait_for_port(host: str, port: int, timeout: float = _READY_TIMEOUT) -> Non
                 return
         time.sleep(0.05)
     raise BrokerError(f"broker on {host}:{port} did not listen within {timeout:.0f}s")
+
+
+#: Tansu answers a fetch only when ``fetch.wait.max.ms`` expires, whatever has arrived, so the
+#: consumer's 100 ms adds up to that much to every record's latency on the embedded broker
+#: (measured: end-to-end p50 53 ms, 13 ms with 10). A real Kafka answers as soon as records
+#: arrive, so the consumer's own default stays for it.
+EMBEDDED_CONSUMER_SETTINGS: Final[Mapping[str, str]] = MappingProxyType({"fetch.wait.max.ms": "10"})
 
 
 class EmbeddedBroker:

@@ -24,6 +24,7 @@ from typing import Any, Final, Protocol
 
 from prometheus_client import CollectorRegistry
 
+from dcnios.broker import EMBEDDED_CONSUMER_SETTINGS, EmbeddedBroker
 from dcnios.errors import ConfigError
 from dcnios.kafka import ensure_topics
 from dcnios.metrics import ConsumerMetrics, ProducerMetrics
@@ -215,8 +216,6 @@ class Stack:
     def _start_broker(self) -> None:
         if self.spec.kafka.bootstrap_servers is not None:
             return
-        from dcnios.broker import EmbeddedBroker
-
         self.broker = EmbeddedBroker(self.broker_port).start()
         # Everything was flushed and committed before this runs; Tansu keeps nothing on disk,
         # and it waits for idle client connections, so do not wait long for it.
@@ -294,7 +293,12 @@ class Stack:
     def _consumer_runner(self, consumer: ConsumerSpec, stop: threading.Event) -> _Runner:
         from dcnios.consumers.run import ConsumerRunner
 
-        return ConsumerRunner(self.spec, consumer, stop=stop, metrics=self.consumer_metrics)
+        given = {**self.spec.kafka.librdkafka, **consumer.librdkafka}
+        embedded = EMBEDDED_CONSUMER_SETTINGS if self.broker is not None else {}
+        extra = {k: v for k, v in embedded.items() if k not in given}
+        return ConsumerRunner(
+            self.spec, consumer, stop=stop, metrics=self.consumer_metrics, extra_config=extra
+        )
 
     def _source_runner(self, source: SourceSpec, stop: threading.Event) -> _Runner:
         from dcnios.producers.run import SourceRunner

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -417,3 +418,23 @@ def test_detach_reports_a_pipeline_that_cannot_start(tmp_path: Path, bootstrap: 
     assert "exited with status 2 before it was up" in done.stderr
     assert "sandbox.dcache.root: directory not found" in done.stderr
     assert not (tmp_path / ".dcnios" / "sandbox.up.pid").exists()
+
+
+@pytest.mark.parametrize(("given", "expected"), [("", {"fetch.wait.max.ms": "10"}), ("'50'", {})])
+def test_consumers_on_the_embedded_broker_fetch_without_its_wait(
+    tmp_path: Path, given: str, expected: dict[str, str]
+) -> None:
+    # Tansu answers a fetch only when fetch.wait.max.ms runs out: 100 ms on every record's way.
+    own = f"\n    librdkafka: {{fetch.wait.max.ms: {given}}}" if given else ""
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        "consumers:\n  - name: svc\n    topic: t\n    oscar: {endpoint: 'http://127.0.0.1:9', service: s, "
+        f"token: '{'a' * 64}', input_path: /in}}{own}\n"
+    )
+    stack = Stack(load_spec(path))
+    stack.broker = object()  # what _start_broker leaves when it started the embedded broker
+    stack.spec = stack.spec.with_bootstrap(f"127.0.0.1:{free_port()}")
+    runner = stack._consumer_runner(stack.spec.consumers[0], threading.Event())
+    assert runner._extra == expected  # type: ignore[attr-defined]
+    stack.broker = None
+    assert stack._consumer_runner(stack.spec.consumers[0], threading.Event())._extra == {}  # type: ignore[attr-defined]
