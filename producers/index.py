@@ -65,12 +65,14 @@ class _Row:
 
 
 def _value(row: _Row) -> bytes:
-    data: dict[str, Any] = {"t": row.published_ms}
+    # Formatted by hand rather than json.dumps of a dict: one index record per published file is
+    # on the producer's hot path, and this is the same JSON for a third of the time.
+    text = f'{{"t":{int(row.published_ms)}'
     if row.listed:
-        data["l"] = 1
+        text += ',"l":1'
     if row.pnfsid is not None:
-        data.update(p=row.pnfsid, s=row.size, m=row.mtime)
-    return json.dumps(data, separators=(",", ":")).encode()
+        text += f',"p":{json.dumps(row.pnfsid)},"s":{json.dumps(row.size)},"m":{json.dumps(row.mtime)}'
+    return (text + "}").encode()
 
 
 class PublishedIndex:

@@ -476,6 +476,10 @@ class SourceRunner:
         """
         if self.index is None or event.is_dir or not any(m in CONTENT_MASKS for m in event.mask):
             return False
+        if event.observed_at - self.index.last_listing_ms > CLOCK_SKEW_MS:
+            # The race is with a listing just run; long after one, an event is a new write, and
+            # the hot path is spared an index lookup per event.
+            return False
         listed = self.index.listed_fingerprint(event.path)
         if listed is None:
             return False

@@ -3,10 +3,13 @@ the index writer's ordering and the watch set's flags."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dcnios.producers.checkpoint import Progress
 from dcnios.producers.dcache_api import Child, DCacheClient, ListingUnstableError, url_path
@@ -250,3 +253,28 @@ def test_listing_entries_get_the_checks_stream_names_get() -> None:
     odd = _child({"fileName": "f", "mtime": "yesterday", "size": 10**5000, "pnfsId": 7})
     assert odd == Child("f", False, 0, None, None)
     assert _child({"fileName": "d", "fileType": "DIR", "mtime": 5}) == Child("d", True, 5, None, None)
+
+
+@given(
+    st.integers(min_value=0, max_value=2**62),
+    st.booleans(),
+    st.one_of(st.none(), st.text(max_size=40)),
+    st.one_of(st.none(), st.integers(min_value=0, max_value=2**62)),
+    st.integers(min_value=0, max_value=2**62),
+)
+def test_index_values_are_the_json_every_reader_parses(
+    published: int, listed: bool, pnfsid: str | None, size: int | None, mtime: int
+) -> None:
+    index = PublishedIndex(None, "p", None)  # type: ignore[arg-type]  # load() is the only Kafka user
+    child = Child("f", False, mtime, pnfsid, size) if listed else None
+    try:
+        _, value = index.published("/d/f", published, child)
+    finally:
+        index.close()
+    assert value is not None
+    expected: dict[str, object] = {"t": published}
+    if listed:
+        expected["l"] = 1
+        if pnfsid is not None:
+            expected.update(p=pnfsid, s=size, m=mtime)
+    assert json.loads(value) == expected
