@@ -20,13 +20,22 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from dcnios.errors import OscarError
 from dcnios.http import TrustedSession
 from dcnios.spec import OscarSpec
 
-__all__ = ["DCACHE_PROVIDER", "Answer", "Attempt", "OscarInvoker", "ServiceInput", "service_input"]
+__all__ = [
+    "DCACHE_PROVIDER",
+    "Answer",
+    "Attempt",
+    "OscarInvoker",
+    "OscarUnreachableError",
+    "ServiceInput",
+    "service_input",
+]
 
 logger = logging.getLogger(__name__)
 _ALREADY_EXISTS: Final = "already exists"
@@ -67,6 +76,10 @@ class _TooSlow(Exception):
     pass
 
 
+class OscarUnreachableError(OscarError):
+    """No answer from OSCAR, or not in time: an outage, not a configuration error."""
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     """An answer read within its bounds: the status, and at most so many bytes of the body."""
@@ -102,7 +115,14 @@ def _read_bounded(response: requests.Response, limit: int, deadline: float, *, t
         while True:
             if time.monotonic() > deadline:
                 raise _TooSlow
-            chunk = response.raw.read1(8192, decode_content=True)
+            try:
+                chunk = response.raw.read1(8192, decode_content=True)
+            except urllib3.exceptions.ReadTimeoutError as exc:
+                # Read from raw, so requests does not translate urllib3's errors: done here, so
+                # callers see the exceptions they handle for every other failed call.
+                raise requests.exceptions.ReadTimeout(str(exc)) from exc
+            except urllib3.exceptions.HTTPError as exc:
+                raise requests.exceptions.ConnectionError(str(exc)) from exc
             if not chunk:
                 complete = True
                 break
@@ -233,7 +253,9 @@ class OscarInvoker:
             answer = Answer(response.status_code, _read_bounded(response, limit, deadline, tail=tail))
         except (requests.RequestException, _TooSlow) as exc:
             why = "too slow" if isinstance(exc, _TooSlow) else type(exc).__name__
-            raise OscarError(f"{call}: OSCAR unreachable at {self.base} ({why})", call=call) from exc
+            raise OscarUnreachableError(
+                f"{call}: OSCAR unreachable at {self.base} ({why})", call=call
+            ) from exc
         if answer.status not in ok:
             raise OscarError(
                 f"{call}: HTTP {answer.status} {answer.text[:200]}".rstrip(), status=answer.status, call=call

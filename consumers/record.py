@@ -339,7 +339,12 @@ def probe_while_open(
         on_down(True)
         if stop.wait(delay):
             return
-        if breaker.probe_by_call or invoker.healthy():
+        try:
+            passed = breaker.probe_by_call or invoker.healthy()
+        except Exception:  # the probe must outlive any failure, or the breaker stays open for good
+            logger.exception("%s: the OSCAR health probe failed", name)
+            passed = False
+        if passed:
             down = time.monotonic() - (breaker.opened_at or time.monotonic())
             logger.warning("%s: OSCAR held for %.0fs (%s); trying a call again", name, down, breaker.reason)
             breaker.probe_passed()

@@ -26,7 +26,7 @@ from dcnios.codec import StorageEventCodec
 from dcnios.consumers.breaker import CircuitBreaker
 from dcnios.consumers.dedup import DedupWindow
 from dcnios.consumers.jobs import JobEnd, JobWatch, PendingJobsGate
-from dcnios.consumers.oscar import Attempt, OscarInvoker
+from dcnios.consumers.oscar import Attempt, OscarInvoker, OscarUnreachableError
 from dcnios.consumers.ratelimit import RateLimiter, member_share
 from dcnios.consumers.record import (
     DeadLetter,
@@ -101,7 +101,9 @@ class ConsumerRunner:
     ) -> None:
         self.spec = spec
         self.cs = consumer
-        self.stop = stop
+        #: Set by the caller's ``stop``, or by a crash: every wait of the member's threads ends on it.
+        self.stop = threading.Event()
+        self._caller_stop = stop
         self.metrics = metrics or ConsumerMetrics()
         self.invoker = invoker or OscarInvoker(consumer.oscar, consumer.concurrency)
         self.codec = StorageEventCodec(spec.kafka.schema_registry)
@@ -166,7 +168,13 @@ class ConsumerRunner:
         }
 
     # -- lifecycle -------------------------------------------------------------------------
+    def _follow_caller_stop(self) -> None:
+        while not self.stop.wait(0.05):
+            if self._caller_stop.is_set():
+                self.stop.set()
+
     def run(self) -> None:
+        threading.Thread(target=self._follow_caller_stop, daemon=True, name="stop").start()
         prepare_internal_topics(self.spec.kafka, plans_named(self.spec, control_topic(self.spec.kafka)))
         input_path = self._input_path() if self.cs.payload == "dcache" else None
         if self.stop.is_set():
@@ -236,8 +244,8 @@ class ConsumerRunner:
             try:
                 return self.invoker.input_path()
             except OscarError as exc:
-                if exc.status is not None and exc.status < 500:
-                    raise
+                if not isinstance(exc, OscarUnreachableError) and (exc.status or 0) < 500:
+                    raise  # a configuration error: asking again changes nothing
                 logger.warning("%s: %s; asking again in %.0fs", self.cs.name, exc, delay)
                 if self.stop.wait(delay):
                     return None
@@ -403,6 +411,8 @@ class ConsumerRunner:
                 self._crash(exc, current.msg)
             with self._lock:
                 queue = self._keys[qkey]
+                if self._crashed is not None:
+                    queue.waiting.clear()  # the key's order holds: all of it is redelivered
                 if queue.waiting:
                     current = queue.waiting.popleft()
                 else:
@@ -425,6 +435,7 @@ class ConsumerRunner:
         logger.error("%s: unexpected error%s; stopping", self.cs.name, where, exc_info=exc)
         if self._crashed is None:
             self._crashed = exc
+        self.stop.set()  # the member's own stop: its supervisor's stays clear, so it restarts it
 
     def _stale(self, work: _Work) -> bool:
         return self._generation.get((work.msg.topic() or "", work.msg.partition() or 0)) != work.generation

@@ -207,6 +207,14 @@ class PublishedIndex:
         self._put(directory, name, row)
         return path.encode("utf-8", "surrogateescape"), _value(row)
 
+    def baselined(self, path: str, at_ms: int, child: Child) -> IndexRecord:
+        """``path`` was there before dcnios: handled, with its fingerprint, but not published by a
+        listing (so a live event for it is a new write or a move, and is published)."""
+        directory, name = split_path(path)
+        row = _Row(at_ms, False, child.pnfsid, child.size, child.mtime)
+        self._put(directory, name, row)
+        return path.encode("utf-8", "surrogateescape"), _value(row)
+
     def learned(self, directory: str, child: Child) -> IndexRecord | None:
         """A listing saw a file published live: keep its fingerprint for the next gap."""
         row = self._row(directory, child.name)

@@ -33,6 +33,8 @@ __all__ = ["Gap", "Reconciler"]
 logger = logging.getLogger(__name__)
 _FIRST_RETRY: Final = 1.0
 _LAST_RETRY: Final = 60.0
+#: Gaps that stand for the whole tree (the first start), below every watched root.
+_WHOLE_TREE: Final = frozenset({"BASELINE", "BACKFILL"})
 
 
 @dataclass(slots=True)
@@ -82,6 +84,8 @@ class Reconciler:
         self.gaps: deque[Gap] = deque()
         self._listing: Iterator[list[Child]] | None = None
         self._directory: str | None = None
+        #: Finished gaps whose records are not all acknowledged yet.
+        self._settling: list[Gap] = []
 
     @property
     def busy(self) -> bool:
@@ -189,30 +193,41 @@ class Reconciler:
         self._next_directory(gap, directory)
 
     def pending(self) -> list[dict[str, Any]]:
-        """The open gaps as the checkpoint keeps them."""
+        """The gaps as the checkpoint keeps them: every directory of each, until all it wrote is
+        acknowledged. A directory listed, but whose records (or index records) are not
+        acknowledged yet, would otherwise be skipped by a restart; listing it again is harmless,
+        since the index decides what is published."""
+        self._settling = [g for g in self._settling if g.slot.pending > 0]
         return [
             {
                 "reason": g.reason,
-                "directories": sorted(set(g.todo) - g.done),
+                "directories": sorted(set(g.directories) | set(g.todo) | g.done),
                 "since_ms": g.since_ms,
                 "previous": g.previous,
                 **({"baseline_before": g.baseline_before} if g.baseline_before is not None else {}),
             }
-            for g in self.gaps
+            for g in [*self._settling, *self.gaps]
         ]
 
     def _page(self, gap: Gap, directory: str, page: list[Child], listed_at: int) -> None:
         assert self.index is not None
+        # A first start lists the whole tree, watched already or not; other gaps list the
+        # directories they name, and directories nobody watched yet.
+        whole_tree = gap.reason in _WHOLE_TREE
         for child in page:
             if child.is_dir and self.source.recursive:
                 path = join_path(directory, child.name)
-                if not self.watches.watching(path) and path not in gap.done:
+                if path in gap.done or (whole_tree and path in gap.todo):
+                    continue
+                if not self.watches.watching(path):
                     try:
                         self.watches.watch(path)
                     except DCacheError as exc:
                         logger.warning("%s: cannot watch %s: %s", self.source.name, path, exc)
                         continue
-                    gap.todo.append(path)
+                elif not whole_tree:
+                    continue
+                gap.todo.append(path)
         subscription = self.watches.subscription_for(directory)
         verdicts = self.index.compare(directory, page)
         name = self.source.name
@@ -233,7 +248,7 @@ class Reconciler:
                 continue
             if baseline:
                 path = join_path(directory, child.name)
-                self.outbox.index_now([self.index.published(path, listed_at, child)], gap.slot)
+                self.outbox.index_now([self.index.baselined(path, listed_at, child)], gap.slot)
                 gap.baselined += 1
                 continue
             event = listed_event(
@@ -269,6 +284,7 @@ class Reconciler:
                 record["baselined"] = gap.baselined
             self.outbox.gap(record, gap.slot)
         gap.slot.pending -= 1
+        self._settling.append(gap)
         logger.info(
             "%s: gap %s repaired: %d files published%s",
             self.source.name,

@@ -248,10 +248,11 @@ class SourceRunner:
 
     def _resume_gaps(self, checkpoint: Checkpoint | None, *, only_baselines: bool = False) -> None:
         """Repairs the last run left unfinished: the checkpoint waited for them."""
+        open_baseline = any(g.baseline_before is not None for g in self.reconciler.gaps)
         for gap in checkpoint.gaps if checkpoint is not None else []:
             baseline_before = gap.get("baseline_before")
-            if only_baselines and baseline_before is None:
-                continue
+            if only_baselines and (baseline_before is None or open_baseline):
+                continue  # a reconnect within this run: the baseline is still open in memory
             self.reconciler.open(
                 str(gap.get("reason", "RESUMED")),
                 list(gap.get("directories", [])),
@@ -297,15 +298,7 @@ class SourceRunner:
         self.client.set_timeout(url, timeout)
         self._open_baseline(checkpoint)
         if fresh and checkpoint is not None:
-            # Opened before the first save of the new channel: a checkpoint of it that did not
-            # carry this repair would let a crash skip everything the old channel missed.
-            # Repairing the old checkpoint's directories also covers any attach race.
-            self._resume_gaps(checkpoint, only_baselines=True)
-            lost = list(checkpoint.watches.values()) + list(src.paths)
-            lost += [d for gap in checkpoint.gaps for d in gap.get("directories", [])]
-            self.reconciler.open(
-                "CHANNEL_LOST", sorted(set(lost)), checkpoint.last_observed_ms, previous=checkpoint.channel
-            )
+            self._repair_lost_channel(checkpoint)
         if fresh:
             self._save()  # a crash from here on resumes this channel, not a new one
         self.last_received = resume_id
@@ -327,6 +320,19 @@ class SourceRunner:
             self.watch_set.ensure_heartbeat()
         logger.info("%s: watching %d directories on %s", src.name, len(self.watches), url)
         self.ready.set()
+
+    def _repair_lost_channel(self, checkpoint: Checkpoint) -> None:
+        """Opened before the first save of the new channel: a checkpoint of it that did not carry
+        this repair would let a crash skip everything the old channel missed. Repairing the old
+        checkpoint's directories also covers any attach race."""
+        self._resume_gaps(checkpoint, only_baselines=True)
+        if any(g.previous == checkpoint.channel for g in self.reconciler.gaps):
+            return  # connecting to a new channel was retried: the repair is open already
+        lost = list(checkpoint.watches.values()) + list(self.source.paths)
+        lost += [d for gap in checkpoint.gaps for d in gap.get("directories", [])]
+        self.reconciler.open(
+            "CHANNEL_LOST", sorted(set(lost)), checkpoint.last_observed_ms, previous=checkpoint.channel
+        )
 
     def _await_attach(self, created: list[str]) -> list[str]:
         """On a new channel, NEW_SUBSCRIPTION proves the stream was attached before the watch.

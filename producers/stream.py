@@ -53,7 +53,9 @@ def body_chunks(response: requests.Response) -> Iterator[bytes]:
     """
     raw = response.raw
     if raw.chunked:
-        yield from raw.stream(None, decode_content=True)
+        # amt bounds what one chunk of the body costs: with None a peer's declared chunk size is
+        # read whole, whatever max_frame says.
+        yield from raw.stream(_READ, decode_content=True)
         return
     while chunk := raw.read1(_READ, decode_content=True):
         yield chunk

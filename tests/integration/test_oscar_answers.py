@@ -156,3 +156,12 @@ def test_an_unverifiable_certificate_holds_every_call(tls_oscar: tuple[str, Path
     )
     attempt = OscarInvoker(spec.consumers[0].oscar, pool_size=1).invoke(b"{}", {})
     assert not attempt.ok and attempt.outage == "tls" and attempt.error.startswith("TLS: ")
+
+
+def test_an_answer_cut_short_is_a_failed_call_not_a_crash() -> None:
+    def cut(send: Send) -> None:
+        send(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 100\r\n\r\nonly ten b")
+
+    with hostile_oscar(cut) as (endpoint, _):
+        attempt = invoker(endpoint).invoke(b"{}", {})
+    assert not attempt.ok and attempt.system and attempt.retryable

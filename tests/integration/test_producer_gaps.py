@@ -100,6 +100,27 @@ def test_the_first_start_indexes_the_tree_it_finds_and_publishes_only_its_last_m
     assert lost["reconciled"] == 0
 
 
+def test_the_first_start_of_a_recursive_source_indexes_the_whole_tree(
+    bootstrap: str, dcache: DCacheEmulator, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    prefix = unique("p")
+    spec = make_spec(tmp_path, bootstrap, dcache.endpoint, prefix, extra="    recursive: true\n")
+    dcache.mkdir("/data/in/2019/run7")
+    for path in ("/data/in/a.dat", "/data/in/2019/b.dat", "/data/in/2019/run7/c.dat"):
+        written_long_ago(dcache, path)
+    with ready_source(spec) as runner:
+        wait_for(lambda: not runner.reconciler.busy, timeout=30)
+    dcache.expire_channels()  # the next gap lists every directory: nothing there is new to it
+    with ready_source(spec) as runner:
+        wait_for(lambda: not runner.reconciler.busy, timeout=30)
+        dcache.upload("/data/in/2019/run7/last.dat")
+        records = read_topic(bootstrap, spec.sources[0].topic, lambda r: len(files(r)) >= 1)
+        gaps = read_topic(bootstrap, f"{prefix}.gaps", lambda r: len(r) >= 2)
+    assert files(records) == ["/data/in/2019/run7/last.dat"]
+    baseline = next(g for g in gaps if g["reason"] == "BASELINE")
+    assert (baseline["baselined"], baseline["reconciled"]) == (3, 0)
+
+
 def test_backfill_publishes_the_tree_found_at_the_first_start_once(
     bootstrap: str, dcache: DCacheEmulator, tmp_path: Path, unique: Callable[[str], str]
 ) -> None:

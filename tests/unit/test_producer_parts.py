@@ -278,3 +278,14 @@ def test_index_values_are_the_json_every_reader_parses(
         if pnfsid is not None:
             expected.update(p=pnfsid, s=size, m=mtime)
     assert json.loads(value) == expected
+
+
+def test_a_baselined_file_is_handled_but_not_taken_for_one_a_listing_published(
+    index: PublishedIndex,
+) -> None:
+    old = Child("old.dat", False, 5, "PNFS1", 10)
+    index.baselined("/d/old.dat", 1_000, old)
+    assert [v for _, v in index.compare("/d", [old])] == [Verdict.SAME]  # no gap republishes it
+    # A live event for it (a move in keeps the old times) is a new arrival: it is published.
+    assert index.listed_fingerprint("/d/old.dat") is None
+    assert not index.covered("/d/old.dat", 500)
