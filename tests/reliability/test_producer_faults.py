@@ -132,7 +132,7 @@ def test_producer_kill9_during_uploads(
     assert d.lost == 0
     # Replays are what was read since the last checkpoint, which passes only events whose record
     # and index record are both acknowledged, and no gap still being repaired: at-least-once
-    # allows them. Measured from 1.5k to 18.7k for 20k events across runs (a restart that lists
+    # allows them. Measured from 1.5k to 18.7k for 20k events across runs (likely a restart that lists
     # again holds the checkpoint meanwhile); what must hold is that no event is replayed twice
     # per kill on average.
     assert d.replays <= kills * rate * 4
