@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from test_spec import MINIMAL as BASE_SPEC
 
 from dcnios import kafka as kafka_module
 from dcnios.cli import main
@@ -24,19 +25,8 @@ from dcnios.spec import parse_spec
 from dcnios.spec._build import Builder, spec_field
 from dcnios.spec._yaml import MAX_ALIASED_NODES, MAX_SPEC_CHARS, parse_located
 
-MINIMAL = """\
-kafka:
-  bootstrap_servers: "127.0.0.1:9092"
-sources:
-  - name: in
-    endpoint: https://dcache.example.org:3880/api/v1
-    paths: [/data/in]
-    topic: dcache.events
-consumers:
-  - name: grayify
-    topic: dcache.events
-    oscar: {endpoint: "https://oscar.example.org", service: grayify, token: TOKEN, input_path: /data/in}
-"""
+# The minimal spec of test_spec, with a token these tests replace.
+MINIMAL = BASE_SPEC.replace('token: "t"', "token: TOKEN")
 SECRET = "hunter2"
 
 
