@@ -203,7 +203,7 @@ class ConsumerRunner:
         )
         last_commit = time.monotonic()
         try:
-            while not self.stop.is_set() and self._crashed is None:
+            while not self.stop.is_set():  # a crash sets it too
                 self.last_tick = time.monotonic()
                 # consume(n, timeout) waits for n records or the timeout: at low rates that is a
                 # fixed delay per record. Wait for the first only, then take what is ready.
