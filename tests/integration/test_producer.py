@@ -70,6 +70,7 @@ def test_envelope_matches_emulator_bytes(
     running = start(spec)
     try:
         wait_for(running.runner.ready.is_set)
+        wait_for(lambda: not running.runner.reconciler.busy)  # the first start's baseline
         dcache.srm_upload('/data/in/q"u\\ote ü.dat')
         records = read_topic(bootstrap, spec.sources[0].topic, lambda r: len(r) >= 1)
     finally:
@@ -136,6 +137,7 @@ def test_channel_expiry_gives_gap_and_synthetic_events(
     spec = make_spec(tmp_path, bootstrap, dcache.endpoint, prefix)
     running = start(spec)
     wait_for(running.runner.ready.is_set)
+    wait_for(lambda: not running.runner.reconciler.busy)  # the first start's baseline
     old_channel = running.runner.channel_url
     running.halt()
     dcache.expire_channels()
