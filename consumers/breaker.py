@@ -110,6 +110,16 @@ class CircuitBreaker:
             self._recent.clear()
             self._cond.notify_all()
 
+    def try_enter(self) -> bool:
+        """Whether a call may go now: closed, or half-open with its one call not yet taken (then
+        this caller takes it). Never blocks; event-loop callers wait by asking again."""
+        with self._cond:
+            if self.is_open or (self.half_open and self._probe_taken):
+                return False
+            if self.half_open:
+                self._probe_taken = True
+            return True
+
     def wait_closed(self, stop: threading.Event) -> bool:
         """Block while open, and while half-open with its one call taken; False if ``stop`` was
         set first. True while half-open means this caller makes that call."""

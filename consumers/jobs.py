@@ -105,6 +105,14 @@ class PendingJobsGate:
             self._in_call += 1
             return True
 
+    def try_take(self) -> bool:
+        """Take a slot if there is room now; never blocks (event-loop callers ask again)."""
+        with self._cond:
+            if self._active + self._in_call + len(self._completed) >= self.limit:
+                return False
+            self._in_call += 1
+            return True
+
     def release(self) -> None:
         """The call made with the slot returned: its job may not be in the listing yet."""
         with self._cond:

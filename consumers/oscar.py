@@ -34,7 +34,11 @@ __all__ = [
     "OscarInvoker",
     "OscarUnreachableError",
     "ServiceInput",
+    "answer_attempt",
+    "refused_everywhere",
+    "retry_after_seconds",
     "service_input",
+    "token_failure",
 ]
 
 logger = logging.getLogger(__name__)
@@ -45,7 +49,7 @@ DCACHE_PROVIDER: Final = "webdav.dcache"
 _SYSTEM_STATUSES: Final = frozenset({500, 502, 503, 504})
 #: The most of an answer that is read. OSCAR's answers to a call are a few bytes to a few hundred
 #: (an error text); a job listing page a few hundred KB; of a job's log only the end is kept.
-_ANSWER_BYTES: Final = 64 << 10
+ANSWER_BYTES: Final = 64 << 10
 _LISTING_BYTES: Final = 16 << 20
 _LOG_TAIL_BYTES: Final = 64 << 10
 
@@ -141,8 +145,8 @@ def _read_bounded(response: requests.Response, limit: int, deadline: float, *, t
     return body[-limit:] if tail else body[:limit]
 
 
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
+def retry_after_seconds(value: str | None) -> float | None:
+    """``Retry-After`` in seconds: delta-seconds or an HTTP date; None when absent or unreadable."""
     if not value:
         return None
     try:
@@ -233,7 +237,7 @@ class OscarInvoker:
         *,
         params: dict[str, str] | None = None,
         timeout: float = 30,
-        limit: int = _ANSWER_BYTES,
+        limit: int = ANSWER_BYTES,
         tail: bool = False,
     ) -> Answer:
         headers, auth = self._system_auth()
@@ -312,12 +316,17 @@ class OscarInvoker:
                 allow_redirects=False,
                 stream=True,
             )
-            _read_bounded(response, _ANSWER_BYTES, deadline)
+            _read_bounded(response, ANSWER_BYTES, deadline)
         except (requests.RequestException, _TooSlow):
             return False
         return response.status_code == 200
 
     # -- token -----------------------------------------------------------------------------
+    def cached_token(self) -> tuple[str, int] | None:
+        """The token and its generation when one is known: no call to OSCAR."""
+        with self._lock:
+            return None if self._token is None else (self._token, self._token_generation)
+
     def token(self) -> tuple[str, int]:
         with self._lock:
             if self._token is None:
@@ -350,28 +359,17 @@ class OscarInvoker:
             token, generation = self.token()
         except OscarError as exc:
             # Fetching the token is part of the call: OSCAR down at start is an outage, not a bug.
-            return _token_failure("token fetch", exc)
+            return token_failure("token fetch", exc)
         attempt = self._post(body, headers, token)
         if attempt.status == 401:
             try:
                 refreshed = self.refresh_token(generation)
             except OscarError as exc:
-                return _token_failure("token refresh", exc)
+                return token_failure("token refresh", exc)
             if refreshed:
                 token, _ = self.token()
                 attempt = self._post(body, headers, token)
-        if attempt.status in (401, 403, 404):
-            # Refused whoever the record is: the token (refetched if it could be), the rights,
-            # or the service itself. Dead-lettering each record would only empty the backlog.
-            what = "no such service" if attempt.status == 404 else "the credentials are refused"
-            return Attempt(
-                False,
-                attempt.status,
-                True,
-                f"{attempt.error} ({what}: check oscar.service and its token or username/password)",
-                outage="auth",
-            )
-        return attempt
+        return refused_everywhere(attempt)
 
     def _post(self, body: bytes, headers: dict[str, str], token: str) -> Attempt:
         all_headers = {"Content-Type": "application/json", **headers, "Authorization": f"Bearer {token}"}
@@ -386,7 +384,7 @@ class OscarInvoker:
                 allow_redirects=False,
                 stream=True,
             )
-            content = _read_bounded(response, _ANSWER_BYTES, deadline)
+            content = _read_bounded(response, ANSWER_BYTES, deadline)
         except _TooSlow:
             return Attempt(
                 False, None, True, f"timeout: the answer took over {self.spec.timeout}s", system=True
@@ -399,42 +397,77 @@ class OscarInvoker:
             return Attempt(False, None, True, f"connection error: {exc}", system=True)
         except requests.RequestException as exc:
             return Attempt(False, None, True, f"{type(exc).__name__}: {exc}")
-        status = response.status_code
-        text = content[:500].decode("utf-8", "replace")
-        if status == self._success:
-            return Attempt(True, status, False, "")
-        if 300 <= status < 400:
-            location = response.headers.get("Location", "(no Location)")
-            return Attempt(
-                False,
-                status,
-                False,
-                f"HTTP {status} redirect to {location}: oscar.endpoint is not the OSCAR API "
-                "(redirects are not followed; fix the endpoint)",
-            )
-        if 200 <= status < 300:
-            return Attempt(
-                False,
-                status,
-                False,
-                f"HTTP {status} is not OSCAR's answer to POST {self.path} (expected {self._success}): "
-                f"{text[:120]}".rstrip(),
-            )
-        if status == 500 and _ALREADY_EXISTS in text and "X-Delegated-Job-ID" in headers:
-            return Attempt(True, status, False, "job already exists", exists=True)
-        if status == 429 or status >= 500:
-            return Attempt(
-                False,
-                status,
-                True,
-                f"HTTP {status}: {text}".strip(),
-                _retry_after(response),
-                system=status in _SYSTEM_STATUSES,
-            )
-        return Attempt(False, status, False, f"HTTP {status}: {text}".strip())
+        return answer_attempt(
+            response.status_code,
+            content,
+            location=response.headers.get("Location"),
+            retry_after=response.headers.get("Retry-After"),
+            path=self.path,
+            success=self._success,
+            job_named="X-Delegated-Job-ID" in headers,
+        )
 
 
-def _token_failure(what: str, exc: OscarError) -> Attempt:
+def answer_attempt(
+    status: int,
+    content: bytes,
+    *,
+    location: str | None,
+    retry_after: str | None,
+    path: str,
+    success: int,
+    job_named: bool,
+) -> Attempt:
+    """One answer to ``POST {path}`` classified; the same for the blocking and the asyncio client."""
+    text = content[:500].decode("utf-8", "replace")
+    if status == success:
+        return Attempt(True, status, False, "")
+    if 300 <= status < 400:
+        return Attempt(
+            False,
+            status,
+            False,
+            f"HTTP {status} redirect to {location or '(no Location)'}: oscar.endpoint is not the OSCAR API "
+            "(redirects are not followed; fix the endpoint)",
+        )
+    if 200 <= status < 300:
+        return Attempt(
+            False,
+            status,
+            False,
+            f"HTTP {status} is not OSCAR's answer to POST {path} (expected {success}): {text[:120]}".rstrip(),
+        )
+    if status == 500 and _ALREADY_EXISTS in text and job_named:
+        return Attempt(True, status, False, "job already exists", exists=True)
+    if status == 429 or status >= 500:
+        return Attempt(
+            False,
+            status,
+            True,
+            f"HTTP {status}: {text}".strip(),
+            retry_after_seconds(retry_after),
+            system=status in _SYSTEM_STATUSES,
+        )
+    return Attempt(False, status, False, f"HTTP {status}: {text}".strip())
+
+
+def refused_everywhere(attempt: Attempt) -> Attempt:
+    """401, 403 or 404 after the token was refetched (if it could be): refused whoever the
+    record is (the token, the rights, or the service itself). Dead-lettering each record would
+    only empty the backlog, so it is an outage."""
+    if attempt.status not in (401, 403, 404):
+        return attempt
+    what = "no such service" if attempt.status == 404 else "the credentials are refused"
+    return Attempt(
+        False,
+        attempt.status,
+        True,
+        f"{attempt.error} ({what}: check oscar.service and its token or username/password)",
+        outage="auth",
+    )
+
+
+def token_failure(what: str, exc: OscarError) -> Attempt:
     """OSCAR down (no answer, 5xx) is an outage; a 4xx (wrong credentials, no such service) is a
     configuration error that no retry fixes."""
     if exc.status is None or exc.status >= 500:

@@ -2,8 +2,8 @@
 
 ``dcnios-consumer``, ``dcnios replay`` and ``dcnios dlq replay`` all ask a ``RecordPolicy``:
 what to send (``prepare``), and what to do after each call (``after_call``) and after each
-followed job (``after_job``). The answer is a ``Decision``: the callers differ only in how they
-wait (a thread pool with callbacks, or one record at a time), never in what they decide.
+followed job (``after_job``). The answer is a ``Decision``, which one ``RecordDriver``
+(driver.py) carries out for all three.
 """
 
 from __future__ import annotations
@@ -13,15 +13,11 @@ import logging
 import random
 import re
 import secrets
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from dcnios.consumers.breaker import CircuitBreaker
-from dcnios.consumers.jobs import JobEnd, JobWatch, job_name
-from dcnios.consumers.oscar import Attempt, OscarInvoker
+from dcnios.consumers.jobs import JobEnd, job_name
+from dcnios.consumers.oscar import Attempt
 from dcnios.spec import ConsumerSpec
 from dcnios.storage_event import StorageEvent, dcache_envelope, dedup_key, record_json
 
@@ -36,13 +32,9 @@ __all__ = [
     "RecordPolicy",
     "Retry",
     "body_for",
-    "call_until_decided",
-    "probe_while_open",
-    "run_record",
     "staged_name",
     "traceparent_for",
     "unstageable_reason",
-    "wait_unless",
 ]
 
 logger = logging.getLogger(__name__)
@@ -235,161 +227,3 @@ class RecordPolicy:
         if number >= self.cs.retry.max_attempts:
             return DeadLetter("job-failed", error, None, end.log_tail)
         return Retry(number + 1, self.backoff(number), error)
-
-
-def call_until_decided(
-    policy: RecordPolicy,
-    invoker: OscarInvoker,
-    breaker: CircuitBreaker,
-    prepared: Prepared,
-    *,
-    progress: Progress,
-    stop: threading.Event,
-    wait_turn: Callable[[], bool],
-    release_turn: Callable[[], None] = lambda: None,
-    on_attempt: Callable[[Attempt, float], None] | None = None,
-    stale: Callable[[], bool] = lambda: False,
-) -> Decision | None:
-    """Call OSCAR until Done, Follow or DeadLetter; None when stopped or revoked first.
-
-    Retries sleep here; a Hold waits for the breaker and repeats the same attempt. Every
-    ``wait_turn()`` that returned True is matched by one ``release_turn()``, whatever happens.
-    """
-    while not stop.is_set() and not stale():
-        if not breaker.wait_closed(stop):
-            return None
-        if not wait_turn():
-            breaker.release_probe()
-            return None
-        try:
-            if stale():  # revoked while waiting for a turn: the partition's new owner calls it
-                breaker.release_probe()
-                return None
-            job = policy.job(prepared.event, progress.job_try)
-            started = time.perf_counter()
-            attempt = invoker.invoke(prepared.body, policy.headers(prepared.event, job))
-        except BaseException:
-            breaker.release_probe()
-            raise
-        finally:
-            release_turn()
-        if on_attempt is not None:
-            on_attempt(attempt, time.perf_counter() - started)
-        if attempt.outage is not None:
-            # The breaker's probe for TLS is /health (it fails over TLS alike); for refused
-            # credentials it is one real call at a time, since /health asks for none.
-            if breaker.trip(attempt.error, probe_by_call=attempt.outage == "auth"):
-                logger.error(
-                    "OSCAR %s refuses every call (%s): invocations held, nothing dead-lettered, "
-                    "until a probe passes",
-                    invoker.base,
-                    attempt.error,
-                )
-        elif breaker.record(attempt.system, attempt.error):
-            logger.error(
-                "OSCAR %s is failing as a whole (%s): invocations held until GET /health answers",
-                invoker.base,
-                attempt.error,
-            )
-        decision = policy.after_call(attempt, progress.attempt, breaker_open=breaker.is_open, job=job)
-        if isinstance(decision, Hold):
-            continue
-        if isinstance(decision, Retry):
-            logger.warning(
-                "%s: %s failed (%s), attempt %d/%d, retrying in %.2fs",
-                policy.cs.name,
-                prepared.event.path,
-                decision.error,
-                progress.attempt,
-                policy.cs.retry.max_attempts,
-                decision.delay,
-            )
-            progress.attempt = decision.attempt
-            if not wait_unless(decision.delay, stop, stale):
-                return None
-            continue
-        return decision
-    return None
-
-
-def probe_while_open(
-    breaker: CircuitBreaker,
-    invoker: OscarInvoker,
-    stop: threading.Event,
-    *,
-    max_delay: float,
-    name: str,
-    on_down: Callable[[bool], None] = lambda down: None,
-) -> None:
-    """Until ``stop``: while the breaker is open, probe with growing delays, then let calls
-    through half-open. The probe is ``GET /health``, or for refused credentials (which /health
-    does not check) the next real call itself.
-
-    The delay keeps growing across re-openings and starts again only once a call succeeded (the
-    breaker closed), so a cluster whose /health passes while jobs fail is not hammered.
-    """
-    delay = 1.0
-    while not stop.is_set():
-        if not breaker.is_open:
-            if not breaker.half_open:
-                delay = 1.0
-                on_down(False)
-            stop.wait(0.2)
-            continue
-        on_down(True)
-        if stop.wait(delay):
-            return
-        try:
-            passed = breaker.probe_by_call or invoker.healthy()
-        except Exception:  # the probe must outlive any failure, or the breaker stays open for good
-            logger.exception("%s: the OSCAR health probe failed", name)
-            passed = False
-        if passed:
-            down = time.monotonic() - (breaker.opened_at or time.monotonic())
-            logger.warning("%s: OSCAR held for %.0fs (%s); trying a call again", name, down, breaker.reason)
-            breaker.probe_passed()
-        delay = min(delay * 2, max_delay)
-
-
-def wait_unless(seconds: float, stop: threading.Event, stale: Callable[[], bool]) -> bool:
-    """Sleep ``seconds``; False as soon as ``stop`` is set or the record became stale (revoked),
-    so a record in a long backoff does not hold its key, or its revoke, until it wakes."""
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        if stop.wait(min(left, 0.2)) or stale():
-            return False
-    return not stale()
-
-
-def run_record(
-    policy: RecordPolicy,
-    invoker: OscarInvoker,
-    breaker: CircuitBreaker,
-    watch: JobWatch | None,
-    event: StorageEvent,
-    *,
-    stop: threading.Event,
-    wait_turn: Callable[[], bool] = lambda: True,
-) -> Decision | None:
-    """One record to its final decision, blocking (replays): Done or DeadLetter; None if stopped."""
-    prepared = policy.prepare(event)
-    if isinstance(prepared, DeadLetter):
-        return prepared
-    progress = Progress()
-    while True:
-        decision = call_until_decided(
-            policy, invoker, breaker, prepared, progress=progress, stop=stop, wait_turn=wait_turn
-        )
-        if not isinstance(decision, Follow):
-            return decision
-        assert watch is not None, "tracking needs a JobWatch"
-        end = watch.wait(decision.job, stop)
-        if end is None:
-            return None
-        after = policy.after_job(end, progress.attempt)
-        if not isinstance(after, Retry):
-            return after
-        logger.warning("%s: %s: %s; attempt %d", policy.cs.name, event.path, after.error, after.attempt)
-        progress.attempt, progress.job_try = after.attempt, progress.job_try + 1
-        if stop.wait(after.delay):
-            return None

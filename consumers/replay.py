@@ -3,9 +3,10 @@
 It reads in its own group (``<group>-replay``), so the live group's offsets and members are not
 touched. Records are selected by Kafka timestamp (when the producer wrote them), the consumer's
 filter and an optional path glob; the same event twice in the window (a producer replay after a
-crash) is invoked once. The consumer's rate, concurrency, retry policy and job tracking apply,
-through the same ``RecordPolicy`` as the consumer. A replay is a deliberate re-run: its job ids
-carry a new generation, so OSCAR creates new jobs instead of answering "already exists".
+crash) is invoked once. The consumer's rate, concurrency, ``max_pending_jobs``, retry policy
+(Retry-After included) and job tracking apply, through the same ``RecordDriver`` as the consumer.
+A replay is a deliberate re-run: its job ids carry a new generation, so OSCAR creates new jobs
+instead of answering "already exists".
 """
 
 from __future__ import annotations
@@ -14,18 +15,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
+from dcnios.aio import LoopThread
 from dcnios.codec import StorageEventCodec
-from dcnios.consumers.breaker import CircuitBreaker
+from dcnios.consumers.calls import OscarCalls
 from dcnios.consumers.dedup import DedupWindow
-from dcnios.consumers.jobs import JobWatch
+from dcnios.consumers.driver import RecordDriver
+from dcnios.consumers.jobs import JobWatch, PendingJobsGate
 from dcnios.consumers.oscar import OscarInvoker
 from dcnios.consumers.ratelimit import RateLimiter
-from dcnios.consumers.record import DeadLetter, Decision, Done, RecordPolicy, probe_while_open, run_record
+from dcnios.consumers.record import DeadLetter, Decision, Done, RecordPolicy
 from dcnios.errors import CodecError, KafkaError
 from dcnios.kafka import consumer_config
 from dcnios.spec import ConsumerSpec, PipelineSpec, glob_match
@@ -52,10 +55,11 @@ class ReplayResult:
 
 
 class Replayer:
-    """One consumer's records re-run one at a time per thread: policy, breaker and job watch.
+    """Records re-run through the live consumer's ``RecordDriver``: policy, rate, the
+    ``max_pending_jobs`` gate, breaker, retries and job tracking, on a loop of its own.
 
-    ``dcnios replay`` and ``dcnios dlq replay`` both drive records through this, so they decide
-    exactly as the live consumer does.
+    ``dcnios replay`` submits many records at once (the driver runs ``concurrency`` calls at a
+    time); ``dcnios dlq replay`` runs one at a time. Both decide exactly as the live consumer does.
     """
 
     def __init__(
@@ -71,33 +75,45 @@ class Replayer:
             tracking=cs.oscar.tracking,
             generation=self.generation,
         )
-        self.breaker = CircuitBreaker()
-        self._stop_watch = threading.Event()
+        self.stop = threading.Event()
+        gate = PendingJobsGate(cs.oscar.max_pending_jobs) if cs.oscar.max_pending_jobs else None
         self.watch: JobWatch | None = None
-        if cs.oscar.tracking:
+        if cs.oscar.tracking or gate is not None:
             self.watch = JobWatch(
                 self.invoker,
                 interval=float(cs.oscar.pending_poll_interval),
-                deadline=float(cs.oscar.job_timeout),
+                gate=gate,
+                deadline=float(cs.oscar.job_timeout) if cs.oscar.tracking else None,
             )
-            threading.Thread(target=self.watch.run, args=(self._stop_watch,), daemon=True).start()
-        self._probe = threading.Thread(target=self._probe_health, daemon=True)
-        self._probe.start()
+            threading.Thread(target=self.watch.run, args=(self.stop,), daemon=True).start()
+        self._loop = LoopThread(f"replay-{cs.name}")
+        self.calls = OscarCalls(self.invoker, concurrency=cs.concurrency)
+        self.driver = RecordDriver(
+            self.policy,
+            self.calls,
+            stop=self.stop,
+            limiter=RateLimiter(cs.rate.per_second if cs.rate else None),
+            gate=gate,
+            watch=self.watch,
+        )
+        self._probe = self._loop.submit(
+            self.driver.probe_while_open(max_delay=float(cs.oscar.health_probe_max))
+        )
+
+    def submit(self, event: StorageEvent, stop: threading.Event) -> Future[Decision | None]:
+        """Start ``event``'s run; its future ends Done or DeadLetter, or None if stopped first."""
+        return self._loop.submit(self.driver.run_to_end(event, stale=stop.is_set))
 
     def run(self, event: StorageEvent, stop: threading.Event) -> Decision | None:
-        return run_record(self.policy, self.invoker, self.breaker, self.watch, event, stop=stop)
+        return self.submit(event, stop).result()
 
     def close(self) -> None:
-        self._stop_watch.set()
-
-    def _probe_health(self) -> None:
-        probe_while_open(
-            self.breaker,
-            self.invoker,
-            self._stop_watch,
-            max_delay=float(self.cs.oscar.health_probe_max),
-            name=self.cs.name,
-        )
+        self.stop.set()
+        try:
+            self._probe.result(timeout=5)
+            self._loop.submit(self.calls.close()).result(timeout=5)
+        finally:
+            self._loop.close()
 
 
 def _start_offsets(consumer: Consumer, topic: str, partitions: list[int], start_ms: int) -> dict[int, int]:
@@ -169,22 +185,19 @@ def _drive(
     codec = StorageEventCodec(spec.kafka.schema_registry)
     replayer = Replayer(cs, invoker)
     result.generation = replayer.generation
-    limiter = RateLimiter(cs.rate.per_second if cs.rate else None)
     seen = DedupWindow(float("inf"))
     open_partitions = set(ranges)
-    pending: set[Future[tuple[str, Decision | None]]] = set()
-    lock = threading.Lock()
+    pending: dict[Future[Decision | None], str] = {}
 
-    def settle(done: set[Future[tuple[str, Decision | None]]]) -> None:
+    def settle(done: set[Future[Decision | None]]) -> None:
         for future in done:
-            where, decision = future.result()
-            with lock:
-                if isinstance(decision, Done):
-                    result.invoked += 1
-                elif isinstance(decision, DeadLetter):
-                    result.failed.append(f"{where}: {decision.error}")
+            where, decision = pending.pop(future), future.result()
+            if isinstance(decision, Done):
+                result.invoked += 1
+            elif isinstance(decision, DeadLetter):
+                result.failed.append(f"{where}: {decision.error}")
 
-    with ThreadPoolExecutor(max_workers=cs.concurrency, thread_name_prefix=f"replay-{cs.name}") as pool:
+    try:
         while open_partitions and not stop.is_set():
             msg = consumer.poll(0.2)
             if msg is None:
@@ -199,17 +212,15 @@ def _drive(
             job = _select(msg, cs=cs, codec=codec, path_glob=path_glob, seen=seen, result=result)
             if job is None:
                 continue
-            if not limiter.acquire(stop):
-                break
-            while len(pending) >= cs.concurrency:
+            # The driver makes ``concurrency`` calls at a time; this bounds what waits for one.
+            while len(pending) >= 2 * cs.concurrency:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                pending -= done
                 settle(done)
-            where = f"{cs.topic}[{msg.partition()}]@{msg.offset()}"
-            pending.add(pool.submit(_invoke, replayer, job, stop, where))
+            pending[replayer.submit(job, stop)] = f"{cs.topic}[{msg.partition()}]@{msg.offset()}"
         done, _ = wait(pending)
         settle(done)
-    replayer.close()
+    finally:
+        replayer.close()
     _commit_position(consumer)
 
 
@@ -230,12 +241,6 @@ def _in_window(
     # The start offset came from offsets_for_times, which some brokers answer loosely (Tansu
     # gives the first offset for a time after the newest record): check the timestamp too.
     return timestamp >= start_ms
-
-
-def _invoke(
-    replayer: Replayer, event: StorageEvent, stop: threading.Event, where: str
-) -> tuple[str, Decision | None]:
-    return where, replayer.run(event, stop)
 
 
 def _select(

@@ -2,49 +2,49 @@
 
 Delivery guarantee: at least once. A partition's committed offset never passes a record that is
 not finished, where finished means invoked successfully (with job tracking: its job Succeeded),
-sent to the DLQ (acknowledged), filtered out, or dropped as a duplicate of a finished copy. What
-to send and what to do after each call or job is decided by ``RecordPolicy`` (record.py).
-Records with the same key (path) are invoked in order; different keys run in parallel, up to
-``concurrency`` at a time. The group's rate is shared between members
-in proportion to their partitions, and ``dcnios rate|pause|resume`` change it at runtime.
+sent to the DLQ (acknowledged), filtered out, or dropped as a duplicate of a finished copy.
+
+Two rooms. The Kafka side runs on one thread of its own (intake.py): fetch, rebalance, flow
+control, commits. Everything else runs on one event loop (uvloop where installed): admission
+(decode, filter, dedup), a queue per key, and each record's calls, retries and job, driven by the
+``RecordDriver`` that ``replay`` and ``dlq replay`` use too. Records with the same key (path) are
+invoked in order; different keys run in parallel, up to ``concurrency`` calls at a time. The
+group's rate is shared between members in proportion to their partitions, and
+``dcnios rate|pause|resume`` change it at runtime.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, Message
 
+from dcnios.aio import loop_factory
 from dcnios.codec import StorageEventCodec
 from dcnios.consumers.breaker import CircuitBreaker
+from dcnios.consumers.calls import OscarCalls
 from dcnios.consumers.dedup import DedupWindow
+from dcnios.consumers.driver import RecordDriver
+from dcnios.consumers.intake import Fetched, Intake
 from dcnios.consumers.jobs import JobEnd, JobWatch, PendingJobsGate
 from dcnios.consumers.oscar import Attempt, OscarInvoker, OscarUnreachableError
+from dcnios.consumers.ownership import TP, Ownership
 from dcnios.consumers.ratelimit import RateLimiter, member_share
-from dcnios.consumers.record import (
-    DeadLetter,
-    Decision,
-    Done,
-    Follow,
-    Progress,
-    RecordPolicy,
-    Retry,
-    call_until_decided,
-    probe_while_open,
-    wait_unless,
-)
+from dcnios.consumers.record import DeadLetter, Decision, Done, Follow, Prepared, Progress, RecordPolicy
 from dcnios.consumers.tracking import OffsetTracker
 from dcnios.control import ControlFollower, ControlState
 from dcnios.errors import CodecError, DcniosError, KafkaError, OscarError
 from dcnios.kafka import (
     LatchedProducer,
+    RdConf,
     consumer_config,
     prepare_internal_topics,
     producer_config,
@@ -59,15 +59,9 @@ __all__ = ["ConsumerRunner"]
 
 logger = logging.getLogger(__name__)
 
-COMMIT_INTERVAL: Final = 1.0
-#: Admitted-but-unfinished records per process before fetching pauses: a multiple of concurrency,
-#: and never so small that the window drains between two polls. Pausing makes librdkafka drop
-#: its prefetched records, so fetching resumes only once the window is half empty (hysteresis).
-WINDOW_FACTOR: Final = 8
-MIN_WINDOW: Final = 1024
-_POLL_TIMEOUT: Final = 0.05
 _DLQ_TIMEOUT: Final = 60.0
-_LIBRDKAFKA_SESSION_TIMEOUT_MS: Final = 45_000  # librdkafka's default session.timeout.ms
+_DLQ_POLL: Final = 0.01
+_STOP_CHECK: Final = 0.05
 
 
 @dataclass(slots=True)
@@ -79,15 +73,15 @@ class _Work:
     attempts: int = 0
     progress: Progress = field(default_factory=Progress)
 
-
-@dataclass(slots=True)
-class _KeyQueue:
-    running: bool = False
-    waiting: deque[_Work] = field(default_factory=deque)
+    @property
+    def tp(self) -> TP:
+        return (self.msg.topic() or "", self.msg.partition() or 0)
 
 
 class ConsumerRunner:
     """Runs one member of ``consumers[name]``'s group until ``stop`` is set."""
+
+    _driver: RecordDriver  # built on the loop, in run()
 
     def __init__(
         self,
@@ -101,13 +95,14 @@ class ConsumerRunner:
     ) -> None:
         self.spec = spec
         self.cs = consumer
-        #: Set by the caller's ``stop``, or by a crash: every wait of the member's threads ends on it.
+        #: Set by the caller's ``stop``, or by a crash: every wait of the member ends on it.
         self.stop = threading.Event()
         self._caller_stop = stop
         self.metrics = metrics or ConsumerMetrics()
         self.invoker = invoker or OscarInvoker(consumer.oscar, consumer.concurrency)
         self.codec = StorageEventCodec(spec.kafka.schema_registry)
         self.tracker = OffsetTracker()
+        self.ownership = Ownership()
         self.dedup = DedupWindow(consumer.dedup_window)
         self.limiter = RateLimiter(consumer.rate.per_second if consumer.rate else None)
         self.gate = (
@@ -126,32 +121,23 @@ class ConsumerRunner:
         )
         self.breaker = CircuitBreaker()
         self.policy: RecordPolicy | None = None  # needs the service's input path: built in run()
+        #: Invocations, on the loop (its session opens there, on the first call).
+        self.calls = OscarCalls(self.invoker, concurrency=consumer.concurrency)
         self.control = ControlState()
-        self.assignment: set[tuple[str, int]] = set()
-        self.total_partitions = 0
-        self.paused_fetch = False
         self.ready = threading.Event()
-        self.last_tick = time.monotonic()
-        self._rebalancing = True  # from subscribe, and from each revoke, until the next assignment
-        self._session_timeout = _LIBRDKAFKA_SESSION_TIMEOUT_MS / 1000
+        self._intake: Intake | None = None
+        self._total_partitions = 0
         self._extra = extra_config or {}
         self._crashed: BaseException | None = None
-        self._lock = threading.Lock()
-        self._keys: dict[str, _KeyQueue] = {}
-        self._generation: dict[tuple[str, int], int] = {}
-        self._pool = ThreadPoolExecutor(
-            max_workers=consumer.concurrency, thread_name_prefix=f"oscar-{consumer.name}"
-        )
+        self._background_stop = threading.Event()
         self._dlq = LatchedProducer(producer_config(spec.kafka))
-        self._poller_stop = threading.Event()
+        self._keys: dict[str, deque[_Work]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._completions: deque[float] = deque()
-        self._active: dict[tuple[str, int], int] = {}
-        self._consumer: Consumer | None = None
         self._m = {
             name: getattr(self.metrics, name).labels(consumer.name)
             for name in (
                 "latency",
-                "in_flight",
                 "retries",
                 "rate_limit",
                 "group_rate",
@@ -167,9 +153,13 @@ class ConsumerRunner:
             )
         }
 
+    @property
+    def assignment(self) -> set[TP]:
+        return self.ownership.assignment
+
     # -- lifecycle -------------------------------------------------------------------------
     def _follow_caller_stop(self) -> None:
-        while not self.stop.wait(0.05):
+        while not self.stop.wait(_STOP_CHECK):
             if self._caller_stop.is_set():
                 self.stop.set()
 
@@ -182,59 +172,86 @@ class ConsumerRunner:
         self.policy = RecordPolicy(self.cs, input_path=input_path, tracking=self.tracking)
         self._announce_tracking()
         follower = ControlFollower(self.spec.kafka, self.cs.name, self._on_control).start()
-        threads = [
-            threading.Thread(target=self._poll_producer, daemon=True, name="dlq-poller"),
-            threading.Thread(target=self._probe_health, daemon=True, name="oscar-health"),
-        ]
+        watch_thread = None
         if self.watch is not None:
-            threads.append(
-                threading.Thread(target=self.watch.run, args=(self._poller_stop,), daemon=True, name="jobs")
+            watch_thread = threading.Thread(
+                target=self.watch.run, args=(self._background_stop,), daemon=True, name="jobs"
             )
-        for thread in threads:
-            thread.start()
-        if not follower.caught_up.wait(30):
-            raise KafkaError("the control topic did not answer within 30s")
-        extra = {**self.cs.librdkafka, **self._extra}
-        conf = consumer_config(self.spec.kafka, self.cs.group or f"dcnios-{self.cs.name}", **extra)
-        self._session_timeout = int(conf.get("session.timeout.ms", _LIBRDKAFKA_SESSION_TIMEOUT_MS)) / 1000
-        consumer = self._consumer = Consumer(conf)
-        consumer.subscribe(
-            [self.cs.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
-        )
-        last_commit = time.monotonic()
+            watch_thread.start()
         try:
-            while not self.stop.is_set():  # a crash sets it too
-                self.last_tick = time.monotonic()
-                # consume(n, timeout) waits for n records or the timeout: at low rates that is a
-                # fixed delay per record. Wait for the first only, then take what is ready.
-                first = consumer.poll(_POLL_TIMEOUT)
-                msgs = [first, *consumer.consume(499, 0)] if first is not None else []
-                for msg in msgs:
-                    self._admit(msg)
-                self._flow_control(consumer)
-                if time.monotonic() - last_commit >= COMMIT_INTERVAL:
-                    self._commit(consumer)
-                    self._update_gauges(consumer)
-                    last_commit = time.monotonic()
+            if not follower.caught_up.wait(30):
+                raise KafkaError("the control topic did not answer within 30s")
+            extra = {**self.cs.librdkafka, **self._extra}
+            conf = consumer_config(self.spec.kafka, self.cs.group or f"dcnios-{self.cs.name}", **extra)
+            with asyncio.Runner(loop_factory=loop_factory()) as runner:
+                runner.run(self._serve(Consumer(conf), conf))
         finally:
-            self._finish_rebalance(consumer)
-            self._drain()
-            try:
-                self._commit(consumer)
-            finally:
-                consumer.close()
-                # The consumer holds our bound callbacks: drop it so this runner (and its DLQ
-                # producer's connections) can be freed once run() returns.
-                self._consumer = None
-                follower.stop()
-                self._poller_stop.set()
-                self._dlq.flush(30)
-                self._pool.shutdown(wait=False, cancel_futures=True)
-                logger.info("%s: stopped", self.cs.name)
+            follower.stop()
+            self._background_stop.set()
+            self._dlq.flush(30)
+            logger.info("%s: stopped", self.cs.name)
         if self._crashed is not None:
             raise DcniosError(f"{self.cs.name}: stopped by an unexpected error: {self._crashed!r}") from (
                 self._crashed
             )
+
+    async def _serve(self, consumer: Consumer, conf: RdConf) -> None:
+        loop = asyncio.get_running_loop()
+        assert self.policy is not None
+        driver = self._driver = RecordDriver(
+            self.policy,
+            self.calls,
+            stop=self.stop,
+            breaker=self.breaker,
+            limiter=self.limiter,
+            gate=self.gate,
+            watch=self.watch,
+            paused=lambda: self.control.paused,
+        )
+        background = [
+            loop.create_task(self._poll_dlq()),
+            loop.create_task(
+                driver.probe_while_open(
+                    max_delay=float(self.cs.oscar.health_probe_max),
+                    on_down=lambda down: self._m["oscar_down"].set(1 if down else 0),
+                )
+            ),
+            loop.create_task(self._update_gauges()),
+        ]
+
+        def hand_off(batch: list[Fetched]) -> None:
+            # A closed loop: these stay uncommitted and are redelivered.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._admit_batch, batch)
+
+        session_ms = int(conf.get("session.timeout.ms", 45_000))
+        intake = self._intake = Intake(
+            consumer,
+            self.cs,
+            ownership=self.ownership,
+            tracker=self.tracker,
+            stop=self.stop,
+            metrics=self.metrics,
+            hand_off=hand_off,
+            on_ownership=self._apply_rate_for,
+            paused=lambda: self.control.paused,
+            ready=self.ready,
+            crash=lambda exc: self._crash(exc, None),
+            session_timeout=session_ms / 1000,
+        ).start()
+        try:
+            while not self.stop.is_set():
+                await asyncio.sleep(_STOP_CHECK)
+            await self._drain()
+        finally:
+            for task in [*self._tasks, *background]:
+                task.cancel()
+            await asyncio.gather(*self._tasks, *background, return_exceptions=True)
+            await self.calls.close()
+            intake.finished.set()
+            # The Kafka thread commits what finished and leaves the group; its revoke callbacks
+            # look at ownership only, not at this loop.
+            await asyncio.to_thread(intake.join, float(self.cs.drain_timeout) + 60)
 
     def _input_path(self) -> str | None:
         """The service's input path; while OSCAR is down (no answer, 5xx) asked again with backoff,
@@ -272,28 +289,13 @@ class ConsumerRunner:
         if self.policy is not None and self.policy.input_path is not None:
             logger.info("%s: the service stages files from %s", self.cs.name, self.policy.input_path)
 
-    def _finish_rebalance(self, consumer: Consumer) -> None:
-        """Leave the group from a settled state: a stop during a rebalance waits (bounded) for it.
-
-        Tansu 0.6 wedges a group for good when a member leaves while its JoinGroup is pending:
-        the departed member stays the leader of every later generation and never expires.
-        Apache Kafka does not need this; there it costs at most one rebalance's time at stop.
-        Records fetched meanwhile are not admitted, so they stay uncommitted for the next owner.
-        """
-        # A rebalance completes, or drops us, within the session timeout; with no broker it never
-        # completes, so do not wait longer than that.
-        deadline = time.monotonic() + min(float(self.cs.drain_timeout), self._session_timeout)
-        if self._rebalancing:
-            logger.info("%s: a rebalance is under way; leaving once it completes", self.cs.name)
-        while self._rebalancing and time.monotonic() < deadline:
-            consumer.poll(0.1)
-
-    def _drain(self) -> None:
-        """Wait (bounded) for invocations under way; queued records stay uncommitted."""
-        deadline = time.monotonic() + self.cs.drain_timeout
-        while self._active_total() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        left = self._active_total()
+    async def _drain(self) -> None:
+        """Wait (bounded) for calls under way; queued records stay uncommitted."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + float(self.cs.drain_timeout)
+        while self.ownership.active() and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        left = self.ownership.active()
         if left:
             logger.warning(
                 "%s: %d records still in flight after %.0fs; they will be redelivered",
@@ -301,131 +303,6 @@ class ConsumerRunner:
                 left,
                 self.cs.drain_timeout,
             )
-
-    # -- assignment ------------------------------------------------------------------------
-    def _active_total(self) -> int:
-        with self._lock:
-            return sum(self._active.values())
-
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._rebalancing = False
-        with self._lock:
-            for tp in partitions:
-                self.assignment.add((tp.topic, tp.partition))
-                self._generation[(tp.topic, tp.partition)] = (
-                    self._generation.get((tp.topic, tp.partition), 0) + 1
-                )
-        try:
-            md = consumer.list_topics(self.cs.topic, timeout=10)
-            self.total_partitions = len(md.topics[self.cs.topic].partitions)
-        except (KafkaException, KeyError):
-            self.total_partitions = max(self.total_partitions, len(self.assignment))
-        self._apply_rate()
-        self.ready.set()
-        logger.info("%s: assigned %s", self.cs.name, sorted(p for _, p in self.assignment))
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._rebalancing = not self.stop.is_set()  # at close, the group is being left anyway
-        keys = {(tp.topic, tp.partition) for tp in partitions}
-        with self._lock:
-            for key in keys:
-                self._generation[key] = self._generation.get(key, 0) + 1  # queued work is now stale
-        # Wait for invocations already under way; queued ones are stale now and will not start.
-        deadline = time.monotonic() + self.cs.drain_timeout
-        while any(self._active.get(k, 0) for k in keys) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        self._commit(consumer, only=keys)
-        with self._lock:
-            for key in keys:
-                self.assignment.discard(key)
-                self.tracker.forget(*key)
-        self._apply_rate()
-        logger.info("%s: revoked %s", self.cs.name, sorted(p for _, p in keys))
-
-    # -- admission -------------------------------------------------------------------------
-    def _admit(self, msg: Message) -> None:
-        if (err := msg.error()) is not None:
-            if not err.retriable() and err.fatal():
-                raise KafkaError(f"{self.cs.name}: {err.str()}")
-            logger.debug("%s: consumer error %s", self.cs.name, err.str())
-            return
-        topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
-        key = (topic, partition)
-        if key not in self.assignment:
-            return
-        self.tracker.add(topic, partition, offset)
-        kind, written_ms = msg.timestamp()
-        if kind != 0:  # 0: the record has no timestamp
-            self._m["fetch_delay"].observe(max(0.0, time.time() - written_ms / 1000))
-        try:
-            event = self.codec.decode(msg.value(), msg.headers(), topic)
-        except CodecError as exc:
-            logger.error("%s: poison record %s[%d]@%d: %s", self.cs.name, topic, partition, offset, exc)
-            self._submit(
-                functools.partial(
-                    self._dead_letter,
-                    msg,
-                    str(exc),
-                    status=None,
-                    attempts=0,
-                    first_ms=now_millis(),
-                    reason="poison",
-                )
-            )
-            return
-        if not self.cs.filter.accepts(event.path, event.mask):
-            self._skip(msg, "filtered")
-            return
-        if self.dedup.finished(dedup_key(event)):
-            self._skip(msg, "duplicate")
-            return
-        work = _Work(msg, event, self._generation.get(key, 0))
-        qkey = self._order_key(work)
-        with self._lock:
-            queue = self._keys.setdefault(qkey, _KeyQueue())
-            if queue.running:
-                queue.waiting.append(work)
-                return
-            queue.running = True
-        self._submit(self._run_key, qkey, work)
-
-    def _order_key(self, work: _Work) -> str:
-        if self.cs.ordering == "key":
-            return work.event.path
-        if self.cs.ordering == "partition":
-            return f"{work.msg.topic()}[{work.msg.partition()}]"
-        return f"{work.msg.topic()}[{work.msg.partition()}]@{work.msg.offset()}"
-
-    def _skip(self, msg: Message, reason: str) -> None:
-        self.metrics.skipped.labels(self.cs.name, reason).inc()
-        self.tracker.done(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
-
-    # -- workers ---------------------------------------------------------------------------
-    def _run_key(self, qkey: str, work: _Work) -> None:
-        """Invoke ``work``, then the records that queued behind it under the same key, in order."""
-        current: _Work | None = work
-        while current is not None:
-            try:
-                self._process(current)
-            except Exception as exc:
-                self._crash(exc, current.msg)
-            with self._lock:
-                queue = self._keys[qkey]
-                if self._crashed is not None:
-                    queue.waiting.clear()  # the key's order holds: all of it is redelivered
-                if queue.waiting:
-                    current = queue.waiting.popleft()
-                else:
-                    queue.running = False
-                    del self._keys[qkey]
-                    current = None
-
-    def _submit(self, fn: Any, *args: Any) -> None:
-        self._pool.submit(fn, *args).add_done_callback(self._check_done)
-
-    def _check_done(self, future: Future[Any]) -> None:
-        if not future.cancelled() and (exc := future.exception()) is not None:
-            self._crash(exc, None)
 
     def _crash(self, exc: BaseException, msg: Message | None) -> None:
         """An error no decision covers. The record it hit can be neither committed nor left
@@ -437,54 +314,151 @@ class ConsumerRunner:
             self._crashed = exc
         self.stop.set()  # the member's own stop: its supervisor's stays clear, so it restarts it
 
-    def _stale(self, work: _Work) -> bool:
-        return self._generation.get((work.msg.topic() or "", work.msg.partition() or 0)) != work.generation
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
 
-    def _process(self, work: _Work) -> None:
-        key = (work.msg.topic() or "", work.msg.partition() or 0)
-        with self._lock:
-            if self._stale(work):
-                return
-            self._active[key] = self._active.get(key, 0) + 1
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._crash(exc, None)
+
+    # -- admission (on the loop) -----------------------------------------------------------
+    def _admit_batch(self, batch: list[Fetched]) -> None:
+        if self.stop.is_set():
+            return  # not admitted: uncommitted, redelivered
         try:
-            self._invoke_with_retries(work)
-        finally:
-            with self._lock:
-                self._active[key] -= 1
+            for msg, generation in batch:
+                self._admit(msg, generation)
+        except Exception as exc:
+            self._crash(exc, None)
 
-    def _invoke_with_retries(self, work: _Work) -> None:
+    def _admit(self, msg: Message, generation: int) -> None:
+        topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
+        if not self.ownership.may_start((topic, partition), generation):
+            return
+        kind, written_ms = msg.timestamp()
+        if kind != 0:  # 0: the record has no timestamp
+            self._m["fetch_delay"].observe(max(0.0, time.time() - written_ms / 1000))
+        try:
+            event = self.codec.decode(msg.value(), msg.headers(), topic)
+        except CodecError as exc:
+            logger.error("%s: poison record %s[%d]@%d: %s", self.cs.name, topic, partition, offset, exc)
+            self._spawn(
+                self._dead_letter(
+                    msg,
+                    generation,
+                    str(exc),
+                    status=None,
+                    attempts=0,
+                    first_ms=now_millis(),
+                    reason="poison",
+                )
+            )
+            return
+        if not self.cs.filter.accepts(event.path, event.mask):
+            self._skip(msg, generation, "filtered")
+            return
+        if self.dedup.finished(dedup_key(event)):
+            self._skip(msg, generation, "duplicate")
+            return
+        work = _Work(msg, event, generation)
+        qkey = self._order_key(work)
+        waiting = self._keys.get(qkey)
+        if waiting is not None:
+            waiting.append(work)
+            return
+        self._keys[qkey] = deque()
+        self._spawn(self._run_key(qkey, work))
+
+    def _order_key(self, work: _Work) -> str:
+        if self.cs.ordering == "key":
+            return work.event.path
+        if self.cs.ordering == "partition":
+            return f"{work.msg.topic()}[{work.msg.partition()}]"
+        return f"{work.msg.topic()}[{work.msg.partition()}]@{work.msg.offset()}"
+
+    def _mark_done(self, msg: Message, generation: int) -> None:
+        topic, partition = msg.topic() or "", msg.partition() or 0
+        if self.ownership.may_settle((topic, partition), generation):
+            self.tracker.done(topic, partition, msg.offset() or 0)
+
+    def _skip(self, msg: Message, generation: int, reason: str) -> None:
+        self.metrics.skipped.labels(self.cs.name, reason).inc()
+        self._mark_done(msg, generation)
+
+    # -- one key's records, in order -------------------------------------------------------
+    async def _run_key(self, qkey: str, work: _Work) -> None:
+        """Invoke ``work``, then the records that queued behind it under the same key, in order."""
+        current: _Work | None = work
+        try:
+            while current is not None:
+                try:
+                    await self._process(current)
+                except Exception as exc:
+                    self._crash(exc, current.msg)
+                waiting = self._keys[qkey]
+                if self._crashed is not None:
+                    waiting.clear()  # the key's order holds: all of it is redelivered
+                current = waiting.popleft() if waiting else None
+        finally:
+            del self._keys[qkey]
+
+    async def _process(self, work: _Work) -> None:
+        tp = work.tp
+        if not self.ownership.may_start(tp, work.generation):
+            return
+        self.ownership.enter(tp)
+        try:
+            await self._invoke(work)
+        finally:
+            self.ownership.leave(tp)
+
+    def _stale(self, work: _Work) -> bool:
+        """No new call for ``work``: its partition is being revoked, or was."""
+        return not self.ownership.may_start(work.tp, work.generation)
+
+    async def _invoke(self, work: _Work) -> None:
         assert self.policy is not None
         if work.progress.attempt == 1 and self.dedup.finished(dedup_key(work.event)):
             # A copy that queued behind its first copy (same key), which has finished since.
-            self._skip(work.msg, "duplicate")
+            self._skip(work.msg, work.generation, "duplicate")
             return
         if not work.first_attempt_ms:
             work.first_attempt_ms = now_millis()
         prepared = self.policy.prepare(work.event)
         if isinstance(prepared, DeadLetter):
-            self._settle(work, prepared)
+            await self._settle(work, prepared)
             return
-        decision = call_until_decided(
-            self.policy,
-            self.invoker,
-            self.breaker,
+        decision = await self._driver.decide(
             prepared,
-            progress=work.progress,
-            stop=self.stop,
-            wait_turn=self._wait_for_turn,
-            release_turn=self._release_turn,
+            work.progress,
+            stale=functools.partial(self._stale, work),
             on_attempt=functools.partial(self._attempted, work),
-            stale=lambda: self._stale(work),
         )
         if decision is None:
-            # Stopped or revoked before a verdict: leave it uncommitted; it will be redelivered.
-            return
+            return  # stopped or revoked before a verdict: uncommitted, redelivered
         if isinstance(decision, Follow):
-            assert self.watch is not None
-            self.watch.follow(decision.job, functools.partial(self._job_ended, work))
-            self._m["followed_jobs"].set(self.watch.following)
+            # The key moves on: a job can run for hours, and its record is settled when it ends.
+            self._spawn(self._follow(work, prepared, decision.job))
             return
-        self._settle(work, decision)
+        await self._settle(work, decision)
+
+    async def _follow(self, work: _Work, prepared: Prepared, job: str) -> None:
+        assert self.watch is not None
+        self._m["followed_jobs"].set(self.watch.following + 1)
+        decision = await self._driver.follow_to_end(
+            prepared,
+            work.progress,
+            job,
+            stale=functools.partial(self._stale, work),
+            on_attempt=functools.partial(self._attempted, work),
+            on_job_end=functools.partial(self._job_ended, work),
+        )
+        self._m["followed_jobs"].set(self.watch.following)
+        if decision is not None:
+            await self._settle(work, decision)
 
     def _attempted(self, work: _Work, attempt: Attempt, seconds: float) -> None:
         work.attempts += 1
@@ -496,11 +470,6 @@ class ConsumerRunner:
             self._m["retries"].inc()
 
     def _job_ended(self, work: _Work, end: JobEnd) -> None:
-        """From the job poller: the record's job has ended (or vanished, or timed out)."""
-        assert self.policy is not None and self.watch is not None
-        self._m["followed_jobs"].set(self.watch.following)
-        if self._stale(work):
-            return  # the partition's new owner follows the same job and counts it
         self.metrics.jobs.labels(self.cs.name, end.status).inc()
         if end.created is not None and end.started is not None:
             self._m["job_queue"].observe(max(0.0, end.started - end.created))
@@ -508,33 +477,14 @@ class ConsumerRunner:
             self._m["job_run"].observe(max(0.0, end.finished - end.started))
         if end.finished is not None:
             self._m["job_end_to_end"].observe(max(0.0, end.finished - work.event.observed_at / 1000))
-        decision = self.policy.after_job(end, work.progress.attempt)
-        if isinstance(decision, Retry):
-            logger.warning(
-                "%s: %s: %s; attempt %d/%d in %.2fs",
-                self.cs.name,
-                _where(work.msg),
-                decision.error,
-                decision.attempt,
-                self.cs.retry.max_attempts,
-                decision.delay,
-            )
-            self._submit(self._retry_job, work, decision)
-            return
-        self._submit(self._settle, work, decision)
 
-    def _retry_job(self, work: _Work, decision: Retry) -> None:
-        if not wait_unless(decision.delay, self.stop, lambda: self._stale(work)):
-            return
-        work.progress.attempt = decision.attempt
-        work.progress.job_try += 1  # the job ended without success: the next one needs a new name
-        self._process(work)
-
-    def _settle(self, work: _Work, decision: Decision) -> None:
-        if self._stale(work):
+    async def _settle(self, work: _Work, decision: Decision) -> None:
+        if not self.ownership.may_settle(work.tp, work.generation):
             return  # revoked meanwhile: the partition's new owner decides again
         if isinstance(decision, Done):
-            self._finished(work.msg, work.event)
+            self.dedup.remember(dedup_key(work.event))
+            self._mark_done(work.msg, work.generation)
+            self._completions.append(time.monotonic())
             return
         assert isinstance(decision, DeadLetter)
         logger.error(
@@ -545,8 +495,9 @@ class ConsumerRunner:
             work.attempts,
             decision.error,
         )
-        if self._dead_letter(
+        if await self._dead_letter(
             work.msg,
+            work.generation,
             decision.error,
             status=decision.status,
             attempts=work.attempts,
@@ -556,43 +507,11 @@ class ConsumerRunner:
         ):
             self.dedup.remember(dedup_key(work.event))
 
-    def _probe_health(self) -> None:
-        probe_while_open(
-            self.breaker,
-            self.invoker,
-            self._poller_stop,
-            max_delay=float(self.cs.oscar.health_probe_max),
-            name=self.cs.name,
-            on_down=lambda down: self._m["oscar_down"].set(1 if down else 0),
-        )
-
-    def _wait_for_turn(self) -> bool:
-        """Pause, the max_pending_jobs gate, then the rate; True holds a gate slot until
-        ``_release_turn``."""
-        while self.control.paused:
-            if self.stop.wait(0.1):
-                return False
-        if self.gate is not None and not self.gate.wait_for_room(self.stop):
-            return False
-        if self.limiter.acquire(self.stop):
-            return True
-        if self.gate is not None:
-            self.gate.cancel()
-        return False
-
-    def _release_turn(self) -> None:
-        if self.gate is not None:
-            self.gate.release()
-
-    def _finished(self, msg: Message, event: StorageEvent) -> None:
-        self.dedup.remember(dedup_key(event))
-        self.tracker.done(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
-        with self._lock:
-            self._completions.append(time.monotonic())
-
-    def _dead_letter(
+    # -- the dead-letter topic -------------------------------------------------------------
+    async def _dead_letter(
         self,
         msg: Message,
+        generation: int,
         error: str,
         *,
         status: int | None,
@@ -617,52 +536,44 @@ class ConsumerRunner:
         ]
         if log_tail:
             headers.append(("dcnios-job-log-tail", log_tail.encode("utf-8", "replace")[-2000:]))
-        acked = threading.Event()
         assert self.cs.dead_letter_topic is not None
         # Too large for the DLQ (a poison record over the producer's size limit) would be refused
         # at once; a cut copy and the offset of the whole record are what the DLQ can keep.
         value, cut = truncated(msg.value())
         headers += cut
+        acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def delivered(_token: Any, _msg: Message) -> None:  # on this loop: _poll_dlq polls
+            if not acked.done():
+                acked.set_result(None)
+
         self._dlq.produce(
-            self.cs.dead_letter_topic,
-            value,
-            key=msg.key(),
-            headers=headers,
-            on_delivery=lambda _t, _m: acked.set(),
+            self.cs.dead_letter_topic, value, key=msg.key(), headers=headers, on_delivery=delivered
         )
-        if not acked.wait(_DLQ_TIMEOUT):
+        try:
+            await asyncio.wait_for(acked, _DLQ_TIMEOUT)
+        except TimeoutError:
             logger.error(
                 "%s: DLQ write for %s not acknowledged; leaving it uncommitted", self.cs.name, _where(msg)
             )
             return False
         self.metrics.dlq.labels(self.cs.name, reason).inc()
-        self.tracker.done(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+        self._mark_done(msg, generation)
         return True
 
-    # -- background ------------------------------------------------------------------------
-    def _poll_producer(self) -> None:
-        while not self._poller_stop.is_set():
+    async def _poll_dlq(self) -> None:
+        while True:
             try:
-                self._dlq.poll(0.05)
+                self._dlq.poll(0)
             except DcniosError as exc:
                 logger.error("%s: DLQ producer: %s", self.cs.name, exc)
                 self.stop.set()
                 return
+            await asyncio.sleep(_DLQ_POLL)
 
-    # -- flow control, rate, commits -------------------------------------------------------
-    def _flow_control(self, consumer: Consumer) -> None:
-        window = max(self.cs.concurrency * WINDOW_FACTOR, MIN_WINDOW)
-        in_flight = self.tracker.total_in_flight()
-        self._m["in_flight"].set(in_flight)
-        full = in_flight >= window if not self.paused_fetch else in_flight > window // 2
-        want_pause = full or self.control.paused
-        if want_pause != self.paused_fetch:
-            parts = [TopicPartition(t, p) for t, p in self.assignment]
-            if parts:
-                (consumer.pause if want_pause else consumer.resume)(parts)
-            self.paused_fetch = want_pause
-
+    # -- control, rate, gauges -------------------------------------------------------------
     def _on_control(self, state: ControlState) -> None:
+        """From the control follower's thread: replacing the state is atomic, the limiter locks."""
         self.control = state
         self._m["paused"].set(1 if state.paused else 0)
         self._apply_rate()
@@ -678,55 +589,40 @@ class ConsumerRunner:
         rate = self.control.rate if self.control.rate_set else self.cs.rate
         return rate.per_second if rate is not None else None
 
+    def _apply_rate_for(self, total_partitions: int) -> None:
+        self._total_partitions = total_partitions
+        self._apply_rate()
+
     def _apply_rate(self) -> None:
         group = self.group_rate()
-        mine = None if group is None else member_share(group, len(self.assignment), self.total_partitions)
+        mine = (
+            None
+            if group is None
+            else member_share(group, len(self.ownership.assignment), self._total_partitions)
+        )
         self.limiter.set_rate(mine)
         self._m["rate_limit"].set(-1 if mine is None else mine)
         self._m["group_rate"].set(-1 if group is None else group)
 
-    def _commit(self, consumer: Consumer, only: set[tuple[str, int]] | None = None) -> None:
-        positions = {k: v for k, v in self.tracker.to_commit().items() if only is None or k in only}
-        if not positions:
-            return
-        offsets = [TopicPartition(t, p, pos) for (t, p), pos in positions.items()]
-        try:
-            consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:
-            logger.warning("%s: commit failed (%s); will retry", self.cs.name, exc.args[0].str())
-            return
-        self.tracker.committed(positions)
-        logger.debug("%s: committed %s", self.cs.name, positions)
-
-    def _update_gauges(self, consumer: Consumer) -> None:
-        now = time.monotonic()
-        with self._lock:
+    async def _update_gauges(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
             while self._completions and now - self._completions[0] > 10:
                 self._completions.popleft()
-            achieved = len(self._completions) / 10
-        self._m["achieved"].set(achieved)
-        if self.gate is not None:
-            self._m["pending_jobs"].set(self.gate.active)
-        for topic, partition in list(self.assignment):
-            try:
-                # From the last fetch response: no extra broker round trip per partition per second.
-                _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
-            except KafkaException:
-                continue
-            fetched = self.tracker.fetched(topic, partition)
-            position = self.tracker.position(topic, partition)
-            # Some brokers (Tansu) under-report the high watermark; what we fetched is a floor we trust.
-            end = max(high, fetched or 0)
-            lag = end - position if position is not None else end
-            self.metrics.lag.labels(self.cs.name, topic, str(partition)).set(max(0, lag))
+            self._m["achieved"].set(len(self._completions) / 10)
+            if self.gate is not None:
+                self._m["pending_jobs"].set(self.gate.active)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        stalled = time.monotonic() - self.last_tick > 30
+        intake = self._intake
+        last_tick = intake.last_tick if intake is not None else time.monotonic()
+        stalled = time.monotonic() - last_tick > 30
         return (
             self.ready.is_set() and not stalled,
             {
                 "consumer": self.cs.name,
-                "assigned": sorted(p for _, p in self.assignment),
+                "assigned": [p for _, p in self.ownership.owned()],
                 "in_flight": self.tracker.total_in_flight(),
                 "paused": self.control.paused,
                 "rate_limit": self.limiter.rate,

@@ -551,15 +551,15 @@ def test_an_unexpected_error_stops_the_member_instead_of_wedging_its_partition(
     events = [event(i) for i in range(10)]
     produce(bootstrap, f"{prefix}.events", events)
     runner = ConsumerRunner(spec, spec.consumers[0], stop=threading.Event())
-    real, calls = runner.invoker.invoke, [0]
+    real, calls = runner.calls.invoke, [0]
 
-    def with_a_bug(body: bytes, headers: dict[str, str]) -> Attempt:
+    async def with_a_bug(body: bytes, headers: dict[str, str]) -> Attempt:
         calls[0] += 1
         if calls[0] == 3:
             raise RuntimeError("a bug no decision covers")
-        return real(body, headers)
+        return await real(body, headers)
 
-    runner.invoker.invoke = with_a_bug  # type: ignore[method-assign]
+    runner.calls.invoke = with_a_bug  # type: ignore[method-assign]
     crashed = run_in_thread(runner, runner.stop)
     crashed.thread.join(60)
     assert not crashed.thread.is_alive()
@@ -753,11 +753,13 @@ def test_the_first_member_stopped_mid_join_leaves_the_group_usable(
     stop = threading.Event()
     leaver = run_in_thread(ConsumerRunner(spec, spec.consumers[0], stop=stop), stop)
     runner = leaver.runner
-    wait_for(lambda: runner._consumer is not None and runner._rebalancing, 30)
-    polled = runner.last_tick
-    wait_for(lambda: runner.last_tick > polled, 30)  # the JoinGroup is sent from a poll
+    wait_for(lambda: runner._intake is not None and runner._intake._rebalancing, 30)
+    intake = runner._intake
+    assert intake is not None
+    polled = intake.last_tick
+    wait_for(lambda: intake.last_tick > polled, 30)  # the JoinGroup is sent from a poll
     time.sleep(0.1)
-    assert runner._rebalancing, "assigned before the stop: the join was not pending"
+    assert intake._rebalancing, "assigned before the stop: the join was not pending"
     leaver.halt()
     assert not leaver.errors
     second = start(spec)

@@ -1,0 +1,160 @@
+"""``POST /job|run/{service}`` from the event loop: the consumer's hot path.
+
+The blocking ``OscarInvoker`` keeps everything else OSCAR answers (the service definition, the
+token, job listings, logs, ``/health``): those calls are rare, and run in a worker thread when
+the loop needs one. Invocations go through aiohttp instead of requests, because a requests call
+costs about 1 ms of CPU here (an environment scan and a ``~/.netrc`` lookup per call, and a
+thread hand-off each way), against 0.2 ms for an aiohttp call on the loop (issue #14's
+measurements). Each answer is classified by ``answer_attempt``, the same function the blocking
+client uses, so both decide alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Final
+
+import aiohttp
+import certifi
+from requests.utils import get_environ_proxies
+
+from dcnios.consumers.oscar import (
+    ANSWER_BYTES,
+    Attempt,
+    OscarInvoker,
+    answer_attempt,
+    refused_everywhere,
+    token_failure,
+)
+from dcnios.errors import OscarError
+
+__all__ = ["OscarCalls", "tls_context"]
+
+_READ_CHUNK: Final = 8192
+
+
+def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
+    """Verification on, against the spec's CA bundle, else certifi's (what requests trusts), so
+    both clients accept and refuse the same certificates."""
+    return ssl.create_default_context(cafile=ca_bundle or certifi.where())
+
+
+class OscarCalls:
+    """Invocations of one service, on the running event loop; ``await close()`` when done.
+
+    A session passed in is used as it is (its connector, trust and headers are the caller's) and
+    is not closed here; otherwise one is built with ``concurrency`` connections and the spec's
+    ``ca_bundle``. Proxies come from the environment, as for requests.
+    """
+
+    def __init__(
+        self, invoker: OscarInvoker, *, concurrency: int, session: aiohttp.ClientSession | None = None
+    ) -> None:
+        self.invoker = invoker
+        self.spec = invoker.spec
+        self._given = session
+        self._session = session
+        self._concurrency = max(concurrency, 1)
+        self._success = 201 if self.spec.mode == "async" else 200
+        # Resolved once: requests resolves it on every call (part of its per-call cost).
+        self._proxy = get_environ_proxies(invoker.url).get(invoker.url.split(":", 1)[0])
+        self._budget = float(self.spec.connect_timeout) + float(self.spec.timeout)
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._concurrency,
+                ssl=tls_context(self.spec.ca_bundle) if self.invoker.url.startswith("https:") else False,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=float(self.spec.connect_timeout)),
+                # No netrc and no proxy lookups per call: the token is the only credential sent.
+                trust_env=False,
+                auto_decompress=True,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and self._given is None:
+            await self._session.close()
+        self._session = self._given
+
+    async def _token(self) -> tuple[str, int]:
+        known = self.invoker.cached_token()
+        if known is not None:
+            return known
+        return await asyncio.to_thread(self.invoker.token)
+
+    async def invoke(self, body: bytes, headers: dict[str, str]) -> Attempt:
+        """One call, with one token refetch after a 401; never raises for what OSCAR answers."""
+        try:
+            token, generation = await self._token()
+        except OscarError as exc:
+            # Fetching the token is part of the call: OSCAR down at start is an outage, not a bug.
+            return token_failure("token fetch", exc)
+        attempt = await self._post(body, headers, token)
+        if attempt.status == 401:
+            try:
+                refreshed = await asyncio.to_thread(self.invoker.refresh_token, generation)
+            except OscarError as exc:
+                return token_failure("token refresh", exc)
+            if refreshed:
+                token, _ = await self._token()
+                attempt = await self._post(body, headers, token)
+        return refused_everywhere(attempt)
+
+    async def _post(self, body: bytes, headers: dict[str, str], token: str) -> Attempt:
+        all_headers = {"Content-Type": "application/json", **headers, "Authorization": f"Bearer {token}"}
+        session = self._open()
+        try:
+            # The call's timeout bounds the whole answer, not each read of it: a peer that
+            # trickles its answer a byte at a time is cut at the same budget as a silent one.
+            async with asyncio.timeout(self._budget):
+                async with session.post(
+                    self.invoker.url,
+                    data=body,
+                    headers=all_headers,
+                    allow_redirects=False,
+                    proxy=self._proxy,
+                ) as response:
+                    content = await _read_bounded(response, ANSWER_BYTES)
+                    status = response.status
+                    location = response.headers.get("Location")
+                    retry_after = response.headers.get("Retry-After")
+        except TimeoutError:
+            return Attempt(
+                False, None, True, f"timeout: the answer took over {self._budget:.0f}s", system=True
+            )
+        except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
+            return Attempt(False, None, True, f"TLS: {exc}", system=True, outage="tls")
+        except aiohttp.ClientConnectionError as exc:
+            return Attempt(False, None, True, f"connection error: {exc!r}", system=True)
+        except aiohttp.ClientError as exc:
+            return Attempt(False, None, True, f"{type(exc).__name__}: {exc}")
+        return answer_attempt(
+            status,
+            content,
+            location=location,
+            retry_after=retry_after,
+            path=self.invoker.path,
+            success=self._success,
+            job_named="X-Delegated-Job-ID" in headers,
+        )
+
+
+async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """At most ``limit`` bytes of the body. A body not read to its end closes its connection,
+    so the next call on it does not read this answer's rest."""
+    kept: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await response.content.read(_READ_CHUNK)
+        if not chunk:
+            return b"".join(kept)
+        kept.append(chunk)
+        size += len(chunk)
+    if not response.content.at_eof():
+        response.close()
+    return b"".join(kept)[:limit]
