@@ -250,7 +250,7 @@ ALERTS: Final[tuple[Alert, ...]] = (
         "15m",
         "warning",
         "dcnios consumer {{ $labels.consumer }}: lag growing for 15 minutes",
-        "Lag is {{ $value | humanize }} records/s up and the group is not held back by its rate: "
+        "Lag grows and the group is not held back by its rate: "
         "the members cannot keep up (add members up to the partition count, raise concurrency, or "
         "check OSCAR's latency).",
     ),
@@ -260,7 +260,7 @@ ALERTS: Final[tuple[Alert, ...]] = (
         "0m",
         "warning",
         "dcnios consumer {{ $labels.consumer }}: records dead-lettered ({{ $labels.reason }})",
-        "{{ $value | humanize }} records went to the DLQ in 10 minutes; inspect them with "
+        "Records went to the DLQ in the last 10 minutes; inspect them with "
         "`dcnios dlq list` and re-drive them with `dcnios dlq replay`.",
     ),
     Alert(
@@ -279,7 +279,7 @@ ALERTS: Final[tuple[Alert, ...]] = (
         "5m",
         "critical",
         "dcnios source {{ $labels.source }}: checkpoint 15 minutes behind the events read",
-        "Events were read but the checkpoint has not advanced past them for {{ $value | humanizeDuration }}: "
+        "Events were read but the checkpoint has not advanced past them for 15 minutes: "
         "records are not being acknowledged by Kafka, or a gap repair is stuck.",
     ),
     Alert(
@@ -288,7 +288,7 @@ ALERTS: Final[tuple[Alert, ...]] = (
         "0m",
         "warning",
         "dcnios consumer {{ $labels.consumer }}: OSCAR jobs failed",
-        "{{ $value | humanize }} followed jobs ended Failed in 15 minutes; read their logs in OSCAR.",
+        "Followed jobs ended Failed in the last 15 minutes; read their logs in OSCAR.",
     ),
     Alert(
         "DcniosConsumerDown",
