@@ -53,7 +53,8 @@ def summary(spec: PipelineSpec) -> str:
         lines.append(
             f"consumer {c.name}: {c.topic} (group {c.group}) -> {c.oscar.endpoint} service {c.oscar.service}"
             f" payload={c.payload} rate={c.rate or 'unlimited'} concurrency={c.concurrency}"
-            f" ordering={c.ordering} dlq={c.dead_letter_topic} principal {c.principal}{' [nifi]' if nifi else ''}"
+            f" ordering={c.ordering} dlq={c.dead_letter_topic} principal {c.principal}"
+            f"{' [nifi]' if nifi else ''}"
         )
     if spec.nifi is not None:
         lines.append(f"nifi: {spec.nifi.endpoint} v{spec.nifi.version} consumers={list(spec.nifi.consumers)}")

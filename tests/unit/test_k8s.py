@@ -290,7 +290,8 @@ def test_a_secret_without_a_file_form_comes_from_the_environment() -> None:
             'auth: {username: petra, password: "${DCACHE_PASSWORD:-change-me}"}', "auth: {token: tkn-Qx7}"
         )
         .replace(
-            "    concurrency: 32\n", "    concurrency: 32\n    librdkafka: {sasl.oauthbearer.client.secret: kp-Qx8}\n"
+            "    concurrency: 32\n",
+            "    concurrency: 32\n    librdkafka: {sasl.oauthbearer.client.secret: kp-Qx8}\n",
         ),
         env=SECRETS,
     )
@@ -326,7 +327,7 @@ def test_a_dollar_in_a_value_survives_the_round_trip() -> None:
     )
     assert spec.consumer("grayify").oscar.input_path == "/d/$x"
     out = render(spec, RenderOptions())
-    text = [d for d in out.documents() if d["metadata"]["name"] == "dcnios-consumer-grayify-spec"][0]
+    text = next(d for d in out.documents() if d["metadata"]["name"] == "dcnios-consumer-grayify-spec")
     assert "input_path: /d/$$x" in text["data"]["spec.yaml"]
 
 
@@ -475,7 +476,7 @@ def test_a_spec_built_around_the_loader_gets_no_grant() -> None:
 
     spec = example()
     intruder = replace(spec.consumer("grayify"), name="intruder", principal="dcnios-intruder", group="g")
-    with pytest.raises(ConfigError, match="'dcnios-intruder' may not read 'petra.bt-1234'"):
+    with pytest.raises(ConfigError, match=r"'dcnios-intruder' may not read 'petra\.bt-1234'"):
         render(replace(spec, consumers=(*spec.consumers, intruder)))
 
 
@@ -488,7 +489,8 @@ def test_two_components_on_one_principal_are_refused() -> None:
 
 def test_render_needs_bootstrap_servers() -> None:
     spec = parse_spec(
-        "consumers:\n  - name: a\n    topic: t\n    oscar: {endpoint: 'https://o', service: s, token: x, input_path: /in}\n"
+        "consumers:\n  - name: a\n    topic: t\n"
+        "    oscar: {endpoint: 'https://o', service: s, token: x, input_path: /in}\n"
     )
     with pytest.raises(ConfigError, match=r"kafka.bootstrap_servers: is required for `dcnios k8s`"):
         render(spec)
