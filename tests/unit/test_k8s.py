@@ -90,7 +90,26 @@ def crd_problems(doc: dict[str, Any]) -> list[str]:
     if schema is None:
         return [f"no stored CRD serves {doc['apiVersion']} {doc['kind']}"]
     validator = jsonschema.Draft7Validator(schema)
-    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
+    problems = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
+    return problems + cel_problems(doc)
+
+
+def cel_problems(doc: dict[str, Any]) -> list[str]:
+    """The CEL rules (x-kubernetes-validations) of the stored CRDs that apply to what dcnios
+    renders, by hand: jsonschema does not evaluate CEL."""
+    spec = doc.get("spec", {})
+    if doc["kind"] == "ScaledObject" and spec.get("minReplicaCount", 0) > spec.get("maxReplicaCount", 100):
+        return ["spec: minReplicaCount must be less than or equal to maxReplicaCount"]
+    auth = spec.get("authentication", {})
+    if (
+        doc["kind"] == "KafkaUser"
+        and auth.get("type") != "tls"
+        and {"validityDays", "renewalDays"} & set(auth)
+    ):
+        return [
+            "spec.authentication: 'validityDays' and 'renewalDays' can be configured only with 'type: tls'"
+        ]
+    return []
 
 
 def builtin_problems(doc: dict[str, Any], version: str) -> list[str]:
@@ -143,6 +162,9 @@ def test_the_schema_checks_can_fail() -> None:
     deployment = copy.deepcopy(manifests("Deployment")[0])
     deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = "ninety"
     assert builtin_problems(deployment, "1.30.0") != []
+    scaled = copy.deepcopy(manifests("ScaledObject")[0])
+    scaled["spec"]["minReplicaCount"] = scaled["spec"]["maxReplicaCount"] + 1
+    assert crd_problems(scaled) == ["spec: minReplicaCount must be less than or equal to maxReplicaCount"]
     topic = copy.deepcopy(manifests("KafkaTopic")[0])
     topic["apiVersion"] = "kafka.strimzi.io/v1beta2"
     assert crd_problems(topic) == ["no stored CRD serves kafka.strimzi.io/v1beta2 KafkaTopic"]
