@@ -553,3 +553,17 @@ def test_dcnios_k8s_reports_a_spec_error_with_exit_2(
     assert main(["k8s", "-c", str(bad), "--out", str(tmp_path / "out")]) == 2
     assert "consumers[1].topic" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_long_names_still_make_valid_objects() -> None:
+    name = "c" * 63
+    spec = parse_spec(
+        "kafka: {bootstrap_servers: 'k:9092'}\nsources:\n"
+        f"  - {{name: {'s' * 63}, endpoint: 'https://d:3880/api/v1', paths: [/in], topic: t}}\n"
+        f"consumers:\n  - name: {name}\n    topic: t\n"
+        "    oscar: {endpoint: 'https://o', service: s, token: x, input_path: /in}\n"
+    )
+    out = render(spec)
+    assert all_problems(out.documents()) == []
+    deployments = [d["metadata"]["name"] for d in out.documents() if d["kind"] == "Deployment"]
+    assert all(len(n) <= 63 for n in deployments) and len(set(deployments)) == 2
