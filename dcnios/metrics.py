@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -23,10 +24,20 @@ __all__ = ["ConsumerMetrics", "ProducerMetrics", "serve_metrics"]
 Health = Callable[[], tuple[bool, dict[str, Any]]]
 
 
+#: The address the metrics server binds when the caller names none; 127.0.0.1 unless set. A pod sets
+#: it to its own IP (`dcnios k8s`), where the kubelet probes and Prometheus scrapes.
+METRICS_ADDR_ENV = "DCNIOS_METRICS_ADDR"
+
+
 def serve_metrics(
-    registry: CollectorRegistry, port: int, health: Health | None = None, addr: str = "127.0.0.1"
+    registry: CollectorRegistry, port: int, health: Health | None = None, addr: str | None = None
 ) -> ThreadingHTTPServer:
-    """Serve ``/metrics`` (Prometheus) and ``/healthz`` (200 or 503 with a JSON body) from a thread."""
+    """Serve ``/metrics`` (Prometheus) and ``/healthz`` (200 or 503 with a JSON body) from a thread.
+
+    ``addr`` defaults to ``$DCNIOS_METRICS_ADDR``, else 127.0.0.1.
+    """
+    if addr is None:
+        addr = os.environ.get(METRICS_ADDR_ENV) or "127.0.0.1"
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:

@@ -11,6 +11,7 @@ from dcnios.cli import (
     control,
     dlq,
     doctor,
+    k8s,
     nifi,
     replay,
     sandbox,
@@ -38,6 +39,7 @@ _SUBCOMMANDS = (
     replay,
     dlq,
     nifi,
+    k8s,
     sandbox,
 )
 

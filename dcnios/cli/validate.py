@@ -42,22 +42,28 @@ def summary(spec: PipelineSpec) -> str:
                 if auth.token_file
                 else f"cert {auth.cert}"
             )
-        routes = ", ".join(f"{r.match} -> {r.topic}" for r in s.routes)
+        routes = ", ".join(f"{r.match} -> {r.topic}{_readers(r.readers)}" for r in s.routes)
         lines.append(
             f"source {s.name}: {s.endpoint} {list(s.paths)}{' recursive' if s.recursive else ''}"
-            f" events={list(s.events)} -> {s.topic}{f' (routes: {routes})' if routes else ''} auth={how}"
+            f" events={list(s.events)} -> {s.topic}{_readers(s.readers)}"
+            f"{f' (routes: {routes})' if routes else ''} auth={how}"
         )
     for c in spec.consumers:
         nifi = spec.nifi is not None and c.name in spec.nifi.consumers
         lines.append(
             f"consumer {c.name}: {c.topic} (group {c.group}) -> {c.oscar.endpoint} service {c.oscar.service}"
             f" payload={c.payload} rate={c.rate or 'unlimited'} concurrency={c.concurrency}"
-            f" ordering={c.ordering} dlq={c.dead_letter_topic}{' [nifi]' if nifi else ''}"
+            f" ordering={c.ordering} dlq={c.dead_letter_topic} principal {c.principal}"
+            f"{' [nifi]' if nifi else ''}"
         )
     if spec.nifi is not None:
         lines.append(f"nifi: {spec.nifi.endpoint} v{spec.nifi.version} consumers={list(spec.nifi.consumers)}")
     lines.append(f"topics: {', '.join(p.name for p in topic_plan(spec))}")
     return "\n".join(lines)
+
+
+def _readers(readers: tuple[str, ...] | None) -> str:
+    return "" if readers is None else f" [readers: {', '.join(readers) or 'nobody'}]"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,6 +34,7 @@ from dcnios.spec.model import (
     SourceSpec,
     SslSpec,
     TopicDefaults,
+    TopicReaders,
     glob_match,
 )
 
@@ -60,6 +61,7 @@ __all__ = [
     "SourceSpec",
     "SslSpec",
     "TopicDefaults",
+    "TopicReaders",
     "glob_match",
     "load_spec",
     "parse_spec",

@@ -44,6 +44,7 @@ __all__ = [
     "SourceSpec",
     "SslSpec",
     "TopicDefaults",
+    "TopicReaders",
 ]
 
 Problems = Iterator[tuple[str, str]]
@@ -72,6 +73,15 @@ def _topic(value: str) -> str | None:
 def _name(value: str) -> str | None:
     if not _NAME.match(value):
         return f"expected a lower-case DNS label ([a-z0-9-], at most 63 characters), got {value!r}"
+    return None
+
+
+def _principals(values: tuple[str, ...]) -> str | None:
+    for value in values:
+        if problem := _name(value):
+            return problem
+    if len(set(values)) != len(values):
+        return "names a principal twice"
     return None
 
 
@@ -257,6 +267,12 @@ class RouteSpec:
         doc="glob on the full path; ** crosses directories", examples=("/data/in/raw/**",)
     )
     topic: str = spec_field(doc="topic for matching records", check=_topic)
+    readers: tuple[str, ...] | None = spec_field(
+        None,
+        doc="principals (Kafka user names, e.g. a consumer's principal) allowed to read this "
+        "subtree's topic; absent: not restricted. `dcnios k8s` renders the ACLs from it",
+        check=_principals,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +288,11 @@ class SourceSpec:
     events: tuple[str, ...] = spec_field(DEFAULT_EVENTS, doc="masks that become records", check=_masks)
     directories: bool = spec_field(False, doc="also publish events about directories (IN_ISDIR)")
     routes: tuple[RouteSpec, ...] = spec_field((), doc="first matching glob picks the topic")
+    readers: tuple[str, ...] | None = spec_field(
+        None,
+        doc="principals allowed to read `topic` (paths no route matches); absent: not restricted",
+        check=_principals,
+    )
     client_id: str | None = spec_field(None, doc="channel client-id; default dcnios-<name>")
     channel_timeout: Duration = spec_field(
         Duration(3600), doc="how long dCache keeps the channel while disconnected", check=_positive
@@ -467,10 +488,17 @@ class ConsumerSpec:
         doc="extra librdkafka settings of this group's members (e.g. session.timeout.ms)",
         secret_entries=is_secret_setting,
     )
+    principal: str | None = spec_field(
+        None,
+        doc="the Kafka user this consumer authenticates as (the KafkaUser `dcnios k8s` renders); "
+        "checked against the readers of its topic; default dcnios-<name>",
+        check=_name,
+    )
 
     @staticmethod
     def derive_defaults(values: dict[str, Any]) -> dict[str, Any]:
         values.setdefault("group", f"dcnios-{values['name']}")
+        values.setdefault("principal", f"dcnios-{values['name']}")
         values.setdefault("dead_letter_topic", f"{values['topic']}.dlq")
         return values
 
@@ -576,6 +604,14 @@ class SandboxSpec:
 
 # -- the whole pipeline -------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
+class TopicReaders:
+    """Who may read a restricted topic, and the spec key that grants it."""
+
+    principals: frozenset[str]
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
 class PipelineSpec:
     kafka: KafkaSpec = spec_field(KafkaSpec(), doc="the Kafka cluster")
     sources: tuple[SourceSpec, ...] = spec_field((), doc="dCache sources")
@@ -595,6 +631,49 @@ class PipelineSpec:
                     hint = f"; consumers are {', '.join(sorted(names))}" if names else ""
                     yield f"nifi.consumers[{i}]", f"no consumer named {name!r}{hint}"
         yield from self._derived_topics()
+        yield from self._authorised_readers()
+
+    def topic_readers(self) -> dict[str, TopicReaders]:
+        """Each restricted topic a source writes: who may read it, and the key that says so.
+
+        A topic no ``readers`` names is absent: anyone the cluster lets in may read it.
+        """
+        out: dict[str, TopicReaders] = {}
+        for i, source in enumerate(self.sources):
+            grants = [(source.topic, source.readers, f"sources[{i}].readers")]
+            grants += [
+                (r.topic, r.readers, f"sources[{i}].routes[{j}].readers") for j, r in enumerate(source.routes)
+            ]
+            for topic, readers, origin in grants:
+                if readers is not None:
+                    out.setdefault(topic, TopicReaders(frozenset(readers), origin))
+        return out
+
+    def _authorised_readers(self) -> Problems:
+        restricted = self.topic_readers()
+        # One topic, one set of readers: a subtree routed to a topic that another subtree with
+        # other readers (or none) also uses would hand its events to those readers.
+        for i, source in enumerate(self.sources):
+            grants = [(source.topic, source.readers, f"sources[{i}]")]
+            grants += [(r.topic, r.readers, f"sources[{i}].routes[{j}]") for j, r in enumerate(source.routes)]
+            for topic, readers, at in grants:
+                known = restricted.get(topic)
+                if known is None or (readers is not None and frozenset(readers) == known.principals):
+                    continue
+                yield (
+                    f"{at}.readers",
+                    f"topic {topic!r} is restricted to {', '.join(sorted(known.principals)) or 'nobody'} "
+                    f"by {known.origin}; every subtree routed to one topic must name the same readers",
+                )
+        for i, consumer in enumerate(self.consumers):
+            grant = restricted.get(consumer.topic)
+            if grant is not None and consumer.principal not in grant.principals:
+                allowed = ", ".join(sorted(grant.principals)) or "nobody"
+                yield (
+                    f"consumers[{i}].topic",
+                    f"principal {consumer.principal!r} may not read {consumer.topic!r} (readers: {allowed}, "
+                    f"from {grant.origin}); add it there or set consumers[{i}].principal",
+                )
 
     def _derived_topics(self) -> Problems:
         # Names derive from the spec in dcnios.topics only, so that no suffix is missed here;
