@@ -1,7 +1,7 @@
 """The practical ceiling: a bare requests.Session thread pool POSTing to the same endpoint.
 
 Runs as its own process, as dcnios-consumer does, so that both pay the same process costs.
-Usage: bare_pool.py URL TOKEN CONCURRENCY N  -> prints invocations/s
+Usage: bare_pool.py URL TOKEN CONCURRENCY N  -> prints "invocations/s CPU-ms-per-invocation"
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ def main() -> None:
 
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(call, range(min(n, 200))))  # warm the connection pool
-        start = time.perf_counter()
+        cpu0, start = time.process_time(), time.perf_counter()
         statuses = list(pool.map(call, range(n)))
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
     if any(s != 201 for s in statuses):
         raise SystemExit(f"unexpected statuses: {sorted(set(statuses))}")
-    sys.stdout.write(f"{n / elapsed}\n")
+    sys.stdout.write(f"{n / elapsed} {cpu / n * 1000}\n")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,9 @@ class Result:
     date: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     #: The command whose run measured this row (rows of other runs are kept by ``--only``).
     made_by: str = ""
+    #: Further ceilings measured in the same run (name -> value), shown as value / ceiling beside
+    #: the ratio: the consumer's rows against wrk and a bare asyncio client, for instance.
+    more_ceilings: dict[str, float] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float | None:

@@ -18,6 +18,9 @@ def render(series: dict[str, Any], out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         cs = [p[0] for p in points]
         ax.plot(cs, [p[3] for p in points], "k--", label="ceiling C/L (20 ms)")
+        if all(p[4] for p in points):
+            ax.plot(cs, [p[4] for p in points], "k:", label="wrk (nginx+echo endpoint)")
+        ax.plot(cs, [p[5] for p in points], "^-", label="bare asyncio + aiohttp (uvloop)")
         ax.plot(cs, [p[2] for p in points], "s-", label="bare requests.Session pool")
         ax.plot(cs, [p[1] for p in points], "o-", label="dcnios-consumer")
         ax.set_xscale("log", base=2)

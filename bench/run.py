@@ -34,6 +34,11 @@ BENCHMARKS = {
 }
 
 
+def _number(value: float) -> str:
+    """One decimal, or three for a value under 1 (CPU ms per call)."""
+    return f"{value:,.1f}" if value == 0 or abs(value) >= 1 else f"{value:.3f}"
+
+
 def render(results: list[Result], command: str) -> str:
     runs = sorted({(r.made_by, r.date[:10]) for r in results})
     several = len(runs) > 1
@@ -54,11 +59,15 @@ def render(results: list[Result], command: str) -> str:
     for r in results:
         ceiling = f"{r.ceiling:,.1f} ({r.ceiling_name})" if r.ceiling else ""
         ratio = f"{r.ratio:.2f}" if r.ratio is not None else ""
+        ratio += "".join(f"; {r.value / v:.2f}\u00d7 {k}" for k, v in r.more_ceilings.items() if v)
         params = ", ".join(f"{k}={v}" for k, v in r.parameters.items())
         lines.append(
-            f"| {r.benchmark} | {r.metric} | {r.value:,.1f} {r.unit} | {ceiling} | {ratio} | "
+            f"| {r.benchmark} | {r.metric} | {_number(r.value)} {r.unit} | {ceiling} | {ratio} | "
             f"{r.goal or ''} | {params} |" + (f" `{r.made_by}` {r.date[:10]} |" if several else "")
         )
+    table = consumer_bench.side_by_side(results)
+    if table:
+        lines += ["", "### Consumer side by side", "", table.rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
