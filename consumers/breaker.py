@@ -30,7 +30,7 @@ SHARE: Final = 0.8
 class CircuitBreaker:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._recent: deque[bool] = deque(maxlen=WINDOW)  # True: a system failure
         self._run = 0
         self.is_open = False
@@ -45,12 +45,11 @@ class CircuitBreaker:
 
     def record(self, system_failure: bool, error: str = "") -> bool:
         """Count one call's outcome; True when this call opened the breaker."""
-        with self._cond:
+        with self._lock:
             self._recent.append(system_failure)
             self._run = self._run + 1 if system_failure else 0
             if self.half_open:
                 self.half_open = self._probe_taken = False
-                self._cond.notify_all()
                 if system_failure:
                     self.is_open = True
                     self.reason = error
@@ -73,9 +72,8 @@ class CircuitBreaker:
     def trip(self, error: str, *, probe_by_call: bool) -> bool:
         """Open at once: a failure that no record causes (credentials refused, a certificate that
         cannot be verified) fails every call alike. True when this call opened it."""
-        with self._cond:
+        with self._lock:
             self.half_open = self._probe_taken = False
-            self._cond.notify_all()
             self.probe_by_call = probe_by_call
             self.reason = error
             if self.is_open:
@@ -88,47 +86,30 @@ class CircuitBreaker:
 
     def probe_passed(self) -> None:
         """``GET /health`` answered: let calls through, half-open, until one of them tells."""
-        with self._cond:
+        with self._lock:
             self.is_open = False
             self.half_open = True
             self._probe_taken = False
             self._run = 0
-            self._cond.notify_all()
 
     def release_probe(self) -> None:
         """The caller that took the half-open call is not making it (stopped, revoked)."""
-        with self._cond:
+        with self._lock:
             if self.half_open and self._probe_taken:
                 self._probe_taken = False
-                self._cond.notify_all()
 
     def close(self) -> None:
-        with self._cond:
+        with self._lock:
             self.is_open = self.half_open = self.probe_by_call = self._probe_taken = False
             self.opened_at = None
             self._run = 0
             self._recent.clear()
-            self._cond.notify_all()
 
     def try_enter(self) -> bool:
         """Whether a call may go now: closed, or half-open with its one call not yet taken (then
         this caller takes it). Never blocks; event-loop callers wait by asking again."""
-        with self._cond:
+        with self._lock:
             if self.is_open or (self.half_open and self._probe_taken):
-                return False
-            if self.half_open:
-                self._probe_taken = True
-            return True
-
-    def wait_closed(self, stop: threading.Event) -> bool:
-        """Block while open, and while half-open with its one call taken; False if ``stop`` was
-        set first. True while half-open means this caller makes that call."""
-        with self._cond:
-            while self.is_open or (self.half_open and self._probe_taken):
-                if stop.is_set():
-                    return False
-                self._cond.wait(0.2)
-            if stop.is_set():
                 return False
             if self.half_open:
                 self._probe_taken = True

@@ -79,7 +79,7 @@ class PendingJobsGate:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._active = 0
         self._in_call = 0
         self._completed: deque[float] = deque()
@@ -89,25 +89,14 @@ class PendingJobsGate:
         return self._active
 
     def observe(self, active: int, listing_started: float) -> None:
-        with self._cond:
+        with self._lock:
             self._active = active
             while self._completed and self._completed[0] <= listing_started:
                 self._completed.popleft()
-            self._cond.notify_all()
-
-    def wait_for_room(self, stop: threading.Event) -> bool:
-        """Take a slot for one call; ``release()`` it when the call returns."""
-        with self._cond:
-            while self._active + self._in_call + len(self._completed) >= self.limit:
-                if stop.is_set():
-                    return False
-                self._cond.wait(0.2)
-            self._in_call += 1
-            return True
 
     def try_take(self) -> bool:
         """Take a slot if there is room now; never blocks (event-loop callers ask again)."""
-        with self._cond:
+        with self._lock:
             if self._active + self._in_call + len(self._completed) >= self.limit:
                 return False
             self._in_call += 1
@@ -115,15 +104,14 @@ class PendingJobsGate:
 
     def release(self) -> None:
         """The call made with the slot returned: its job may not be in the listing yet."""
-        with self._cond:
+        with self._lock:
             self._in_call -= 1
             self._completed.append(time.monotonic())
 
     def cancel(self) -> None:
         """Give the slot back without a call."""
-        with self._cond:
+        with self._lock:
             self._in_call -= 1
-            self._cond.notify_all()
 
 
 class JobWatch:
@@ -165,7 +153,8 @@ class JobWatch:
             return len(self._followed)
 
     def follow(self, name: str, on_end: Callable[[JobEnd], None]) -> Callable[[], None]:
-        """Call ``on_end`` once, from the poller thread, when job ``name`` has ended.
+        """Call ``on_end`` once, from the poller thread, when job ``name`` has ended (the
+        ``RecordDriver`` moves it onto its loop).
 
         Returns a function that cancels this one follower.
         """
@@ -183,22 +172,6 @@ class JobWatch:
                     self._followed.pop(name, None)
 
         return cancel
-
-    def wait(self, name: str, stop: threading.Event) -> JobEnd | None:
-        """Block until ``name`` ends (or ``stop``): for one-record-at-a-time callers."""
-        ended: list[JobEnd] = []
-        done = threading.Event()
-
-        def on_end(end: JobEnd) -> None:
-            ended.append(end)
-            done.set()
-
-        cancel = self.follow(name, on_end)
-        while not done.wait(0.1):
-            if stop.is_set():
-                cancel()
-                return None
-        return ended[0]
 
     def listing(self) -> dict[str, dict[str, Any]]:
         """Every job of the service, through all pages (``?page=<next_page>``)."""

@@ -1,4 +1,4 @@
-"""A token bucket (as GCRA) shared by the worker threads of one consumer process. Pure maths."""
+"""A token bucket (as GCRA) shared by every record of one consumer process. Pure maths."""
 
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ def member_share(group_rate: float, assigned: int, total: int) -> float:
 
 
 class RateLimiter:
-    """``acquire()`` blocks until the next slot; ``None`` rate means unlimited.
+    """``reserve()`` gives the wait for the next slot; ``None`` rate means unlimited.
 
     Each caller reserves a slot ``1/rate`` after the previous one (GCRA), which keeps the long-run
-    rate exact regardless of how many threads call it; up to ``BURST_SECONDS`` of slots may be
+    rate exact however many records ask at once; up to ``BURST_SECONDS`` of slots may be
     taken at once after an idle spell.
     """
 
@@ -57,15 +57,3 @@ class RateLimiter:
             slot = max(self._next, now - BURST_SECONDS)
             self._next = slot + interval
             return max(0.0, slot - now)
-
-    def acquire(self, stop: threading.Event) -> bool:
-        """Wait for a slot; False if ``stop`` was set first."""
-        while True:
-            wait = self.reserve()
-            if wait == 0:
-                return True
-            if wait == float("inf"):
-                if stop.wait(0.1):
-                    return False
-                continue
-            return not stop.wait(wait)

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import re
-import threading
+import time
 
 from dcnios.consumers.breaker import CircuitBreaker
 from dcnios.consumers.dedup import DedupWindow
-from dcnios.consumers.jobs import JobEnd, job_name
+from dcnios.consumers.jobs import JobEnd, PendingJobsGate, job_name
 from dcnios.consumers.oscar import Attempt, service_input
 from dcnios.consumers.ratelimit import RateLimiter, member_share
 from dcnios.consumers.record import (
@@ -54,10 +54,6 @@ def test_rate_limiter_change_and_unlimited() -> None:
     limiter.set_rate(100.0)
     clock.now += 10
     assert limiter.reserve() == 0
-    stop = threading.Event()
-    stop.set()
-    limiter.set_rate(0.0)
-    assert limiter.acquire(stop) is False
 
 
 def test_member_share() -> None:
@@ -214,9 +210,7 @@ def test_circuit_breaker_opens_on_a_run_or_a_majority_of_system_failures() -> No
     outcomes = [i % 5 != 0 for i in range(20)]  # 16 of 20 fail, never 5 in a row
     opened = [mixed.record(failed) for failed in outcomes]
     assert opened[-1] and sum(opened) == 1
-    stop = threading.Event()
-    stop.set()
-    assert mixed.wait_closed(stop) is False
+    assert mixed.try_enter() is False  # open: no call goes
 
 
 def test_the_breaker_is_half_open_after_a_passing_probe() -> None:
@@ -238,23 +232,33 @@ def test_half_open_lets_one_call_through_until_it_reports() -> None:
     breaker = CircuitBreaker()
     assert breaker.trip("HTTP 401 (the credentials are refused)", probe_by_call=True)
     assert breaker.is_open and breaker.probe_by_call
-    stop = threading.Event()
+    assert not breaker.try_enter()
     breaker.probe_passed()
-    assert breaker.wait_closed(stop)  # this caller makes the one call
-    others: list[bool] = []
-    waiter = threading.Thread(target=lambda: others.append(breaker.wait_closed(stop)))
-    waiter.start()
-    waiter.join(0.5)
-    assert waiter.is_alive()  # held while the probe call is under way
+    assert breaker.try_enter()  # this caller makes the one call
+    assert not breaker.try_enter()  # held while the probe call is under way
     breaker.release_probe()  # the probe's caller was stopped before calling: the next one goes
-    waiter.join(2)
-    assert others == [True]
+    assert breaker.try_enter()
     assert breaker.trip("HTTP 401 again", probe_by_call=True)  # the second caller was refused too
     assert breaker.is_open and breaker.reason == "HTTP 401 again"
     breaker.probe_passed()
-    assert breaker.wait_closed(stop)
+    assert breaker.try_enter()
     assert breaker.record(False) is False  # the call was answered: closed
     assert not breaker.is_open and not breaker.half_open and not breaker.probe_by_call
+    assert breaker.try_enter() and breaker.try_enter()  # closed: every call goes
+
+
+def test_the_pending_jobs_gate_counts_calls_and_recent_returns() -> None:
+    gate = PendingJobsGate(2)
+    assert gate.try_take() and gate.try_take()
+    assert not gate.try_take()  # two calls under way
+    gate.cancel()  # one gave its slot back without calling
+    assert gate.try_take()
+    gate.release()
+    gate.release()  # both returned: their jobs may not be listed yet, so they still count
+    assert not gate.try_take()
+    gate.observe(active=1, listing_started=time.monotonic() + 1)  # a listing begun after both
+    assert gate.try_take()  # one job pending, one slot free
+    assert not gate.try_take()
 
 
 def test_an_outage_holds_the_record_instead_of_spending_its_attempts() -> None:
