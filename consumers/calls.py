@@ -2,11 +2,11 @@
 
 The blocking ``OscarInvoker`` keeps everything else OSCAR answers (the service definition, the
 token, job listings, logs, ``/health``): those calls are rare, and run in a worker thread when
-the loop needs one. Invocations go through aiohttp instead of requests, because a requests call
-costs about 1 ms of CPU here (an environment scan and a ``~/.netrc`` lookup per call, and a
-thread hand-off each way), against 0.2 ms for an aiohttp call on the loop (issue #14's
-measurements). Each answer is classified by ``answer_attempt``, the same function the blocking
-client uses, so both decide alike.
+the loop needs one. Invocations do not go through requests: a requests call costs about 1 ms of
+CPU here (an environment scan and a ``~/.netrc`` lookup per call, and a thread hand-off each way).
+They go through a lean HTTP/1.1 connection pool (http1.py), or through aiohttp when a session is
+given or the environment names a proxy for OSCAR. Each answer is classified by
+``answer_attempt``, the same function the blocking client uses, so all three decide alike.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import ssl
 from typing import Final
+from urllib.parse import urlsplit
 
 import aiohttp
 import certifi
 from requests.utils import get_environ_proxies
 
+from dcnios.consumers.http1 import Http1Error, Http1Pool
 from dcnios.consumers.oscar import (
     ANSWER_BYTES,
     Attempt,
@@ -60,6 +62,19 @@ class OscarCalls:
         # Resolved once: requests resolves it on every call (part of its per-call cost).
         self._proxy = get_environ_proxies(invoker.url).get(invoker.url.split(":", 1)[0])
         self._budget = float(self.spec.connect_timeout) + float(self.spec.timeout)
+        self._pool: Http1Pool | None = None
+        self._target = urlsplit(invoker.url).path or "/"
+
+    def _lean(self) -> Http1Pool | None:
+        """The lean pool, unless a session was given or a proxy must be used."""
+        if self._given is not None or self._proxy:
+            return None
+        if self._pool is None:
+            https = self.invoker.url.startswith("https:")
+            self._pool = Http1Pool(
+                self.invoker.url, tls=tls_context(self.spec.ca_bundle) if https else None, limit=ANSWER_BYTES
+            )
+        return self._pool
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -77,6 +92,10 @@ class OscarCalls:
         return self._session
 
     async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+            await asyncio.sleep(0)  # closing a transport completes on the loop's next turn
         if self._session is not None and self._given is None:
             await self._session.close()
         self._session = self._given
@@ -107,29 +126,27 @@ class OscarCalls:
 
     async def _post(self, body: bytes, headers: dict[str, str], token: str) -> Attempt:
         all_headers = {"Content-Type": "application/json", **headers, "Authorization": f"Bearer {token}"}
-        session = self._open()
+        pool = self._lean()
         try:
             # The call's timeout bounds the whole answer, not each read of it: a peer that
             # trickles its answer a byte at a time is cut at the same budget as a silent one.
             async with asyncio.timeout(self._budget):
-                async with session.post(
-                    self.invoker.url,
-                    data=body,
-                    headers=all_headers,
-                    allow_redirects=False,
-                    proxy=self._proxy,
-                ) as response:
-                    content = await _read_bounded(response, ANSWER_BYTES)
-                    status = response.status
-                    location = response.headers.get("Location")
-                    retry_after = response.headers.get("Retry-After")
+                if pool is not None:
+                    answer = await pool.request("POST", self._target, all_headers, body)
+                    status, content = answer.status, answer.body
+                    location, retry_after = answer.headers.get("location"), answer.headers.get("retry-after")
+                else:
+                    status, content, location, retry_after = await self._post_aiohttp(body, all_headers)
         except TimeoutError:
             return Attempt(
                 False, None, True, f"timeout: the answer took over {self._budget:.0f}s", system=True
             )
         except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
             return Attempt(False, None, True, f"TLS: {exc}", system=True, outage="tls")
-        except aiohttp.ClientConnectionError as exc:
+        except ValueError as exc:
+            # A header that cannot be sent (a fetched token with a line break): every call alike.
+            return Attempt(False, None, True, f"request not sent: {exc}", outage="auth")
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, Http1Error, OSError) as exc:
             return Attempt(False, None, True, f"connection error: {exc!r}", system=True)
         except aiohttp.ClientError as exc:
             return Attempt(False, None, True, f"{type(exc).__name__}: {exc}")
@@ -142,6 +159,20 @@ class OscarCalls:
             success=self._success,
             job_named="X-Delegated-Job-ID" in headers,
         )
+
+    async def _post_aiohttp(
+        self, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, bytes, str | None, str | None]:
+        async with self._open().post(
+            self.invoker.url, data=body, headers=headers, allow_redirects=False, proxy=self._proxy
+        ) as response:
+            content = await _read_bounded(response, ANSWER_BYTES)
+            return (
+                response.status,
+                content,
+                response.headers.get("Location"),
+                response.headers.get("Retry-After"),
+            )
 
 
 async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
