@@ -61,6 +61,7 @@ logger = logging.getLogger(__name__)
 
 _DLQ_TIMEOUT: Final = 60.0
 _DLQ_POLL: Final = 0.01
+_DLQ_IDLE_POLL: Final = 0.2
 _STOP_CHECK: Final = 0.05
 
 
@@ -131,6 +132,7 @@ class ConsumerRunner:
         self._crashed: BaseException | None = None
         self._background_stop = threading.Event()
         self._dlq = LatchedProducer(producer_config(spec.kafka))
+        self._dlq_waiting = 0
         self._keys: dict[str, deque[_Work]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._completions: deque[float] = deque()
@@ -550,6 +552,7 @@ class ConsumerRunner:
         self._dlq.produce(
             self.cs.dead_letter_topic, value, key=msg.key(), headers=headers, on_delivery=delivered
         )
+        self._dlq_waiting += 1
         try:
             await asyncio.wait_for(acked, _DLQ_TIMEOUT)
         except TimeoutError:
@@ -557,11 +560,15 @@ class ConsumerRunner:
                 "%s: DLQ write for %s not acknowledged; leaving it uncommitted", self.cs.name, _where(msg)
             )
             return False
+        finally:
+            self._dlq_waiting -= 1
         self.metrics.dlq.labels(self.cs.name, reason).inc()
         self._mark_done(msg, generation)
         return True
 
     async def _poll_dlq(self) -> None:
+        """Delivery reports: often while a dead letter waits for one, rarely otherwise (an idle
+        consumer should not wake a hundred times a second)."""
         while True:
             try:
                 self._dlq.poll(0)
@@ -569,7 +576,7 @@ class ConsumerRunner:
                 logger.error("%s: DLQ producer: %s", self.cs.name, exc)
                 self.stop.set()
                 return
-            await asyncio.sleep(_DLQ_POLL)
+            await asyncio.sleep(_DLQ_POLL if self._dlq_waiting else _DLQ_IDLE_POLL)
 
     # -- control, rate, gauges -------------------------------------------------------------
     def _on_control(self, state: ControlState) -> None:
