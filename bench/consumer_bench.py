@@ -18,7 +18,6 @@ with the reason printed.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -33,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import SERIES, Result, embedded_broker, produce_names, rss_mb, wait
+from common import SERIES, Result, cpu_seconds, embedded_broker, produce_names, rss_mb, wait
 from nginx_endpoint import NginxEndpoint, free_port, missing
 
 from dcnios.broker import EMBEDDED_CONSUMER_SETTINGS
@@ -104,12 +103,6 @@ def _setup(workdir: Path, bootstrap: str, ep: Endpoint, concurrency: int, n: int
     ensure_topics(spec.kafka, topic_plan(spec))
     produce_names(spec, [f"b{i:07d}.png" for i in range(n)])
     return path
-
-
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _invocations(metrics_url: str) -> tuple[int, int]:
@@ -203,9 +196,9 @@ def consumer_run(bootstrap: str, ep: Endpoint, concurrency: int, n: int) -> dict
             # Scraped every 50 ms (about 1 ms of the consumer's CPU each); the window is timed by
             # the scrapes, with the counts they read, so the scrape period costs no accuracy.
             wait(lambda: _invocations(metrics)[0] >= max(1, n // 20), 120, 0.05)
-            t0, c0, (k0, _) = time.perf_counter(), _cpu_seconds(proc.pid), _invocations(metrics)
+            t0, c0, (k0, _) = time.perf_counter(), cpu_seconds(proc.pid), _invocations(metrics)
             wait(lambda: sum(_invocations(metrics)) >= n, 600, 0.05)
-            t1, c1, (k1, failed) = time.perf_counter(), _cpu_seconds(proc.pid), _invocations(metrics)
+            t1, c1, (k1, failed) = time.perf_counter(), cpu_seconds(proc.pid), _invocations(metrics)
             rss, peak = rss_mb(proc.pid)
         finally:
             proc.send_signal(signal.SIGTERM)

@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from common import SERIES, Result, percentile, rss_mb, wait
+from common import SERIES, Result, cpu_seconds, percentile, rss_mb, wait
 from confluent_kafka import Producer, TopicPartition
 
 from dcnios.codec import StorageEventCodec
@@ -133,9 +133,9 @@ def throughput(bootstrap: str, n: int) -> list[Result]:
         proc = subprocess.Popen(args, stderr=subprocess.DEVNULL)
         try:
             wait(lambda: _safe_metric(port) > 0, 60, 0.002)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), cpu_seconds(proc.pid)
             wait(lambda: _records_metric(port) >= n, 300, 0.01)
-            elapsed = time.perf_counter() - start
+            elapsed, cpu = time.perf_counter() - start, cpu_seconds(proc.pid) - cpu_start
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
@@ -152,6 +152,8 @@ def throughput(bootstrap: str, n: int) -> list[Result]:
             ">= 0.6x ceiling and >= 30000 events/s",
             params,
         ),
+        # Every thread of the process (SSE reader, run loop, librdkafka) over the same window.
+        Result("producer", "CPU per event", cpu / n * 1e6, "µs", goal="<= 12 µs", parameters=params),
     ]
 
 

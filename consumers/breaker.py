@@ -37,6 +37,8 @@ class CircuitBreaker:
         self.half_open = False
         self.opened_at: float | None = None
         self.openings = 0
+        #: How often a call's success closed it: the prober starts its delays again from each.
+        self.closings = 0
         self.reason = ""
         #: Opened by an outage that ``/health`` cannot see (refused credentials): the probe is a
         #: real call, let through half-open, not ``GET /health``.
@@ -55,6 +57,7 @@ class CircuitBreaker:
                     self.reason = error
                     return True
                 self.opened_at = None
+                self.closings += 1
                 self.probe_by_call = False
                 self._recent.clear()
                 return False

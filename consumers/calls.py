@@ -72,7 +72,11 @@ class OscarCalls:
         if self._pool is None:
             https = self.invoker.url.startswith("https:")
             self._pool = Http1Pool(
-                self.invoker.url, tls=tls_context(self.spec.ca_bundle) if https else None, limit=ANSWER_BYTES
+                self.invoker.url,
+                tls=tls_context(self.spec.ca_bundle) if https else None,
+                limit=ANSWER_BYTES,
+                connect_timeout=float(self.spec.connect_timeout),
+                answer_timeout=float(self.spec.timeout),
             )
         return self._pool
 
@@ -84,7 +88,11 @@ class OscarCalls:
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=float(self.spec.connect_timeout)),
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    sock_connect=float(self.spec.connect_timeout),
+                    sock_read=float(self.spec.timeout),
+                ),
                 # No netrc and no proxy lookups per call: the token is the only credential sent.
                 trust_env=False,
                 auto_decompress=True,
@@ -139,7 +147,7 @@ class OscarCalls:
                     status, content, location, retry_after = await self._post_aiohttp(body, all_headers)
         except TimeoutError:
             return Attempt(
-                False, None, True, f"timeout: the answer took over {self._budget:.0f}s", system=True
+                False, None, True, f"timeout: the answer took over {self.spec.timeout}s", system=True
             )
         except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
             return Attempt(False, None, True, f"TLS: {exc}", system=True, outage="tls")

@@ -300,10 +300,14 @@ class RecordDriver:
 
         The delay keeps growing across re-openings and starts again only once a call succeeded
         (the breaker closed), so a cluster whose /health passes while jobs fail is not hammered.
+        A close is counted by the breaker, not looked for here: a fast consumer can close and
+        re-open it between two looks, and its delays must start again all the same.
         """
         breaker, name = self.breaker, self.policy.cs.name
-        delay = 1.0
+        delay, closings = 1.0, breaker.closings
         while not self.stop.is_set():
+            if breaker.closings != closings:
+                delay, closings = 1.0, breaker.closings
             if not breaker.is_open:
                 if not breaker.half_open:
                     delay = 1.0

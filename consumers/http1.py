@@ -236,7 +236,15 @@ class _Connection(asyncio.Protocol):
 class Http1Pool:
     """Connections to the origin of ``url``, reused while idle; at most ``_IDLE_MAX`` kept idle."""
 
-    def __init__(self, url: str, *, tls: ssl.SSLContext | None, limit: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        tls: ssl.SSLContext | None,
+        limit: int,
+        connect_timeout: float | None = None,
+        answer_timeout: float | None = None,
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
@@ -246,6 +254,10 @@ class Http1Pool:
         authority = parts.netloc.rsplit("@", 1)[-1]
         self._host_header = f"Host: {authority}\r\n".encode("latin-1")
         self._limit = limit
+        # As requests' (connect, read) pair: a silent answer fails after answer_timeout, not after
+        # both together, so a call to a hung server ends as soon as the blocking client's would.
+        self._connect_timeout = connect_timeout
+        self._answer_timeout = answer_timeout
         self._idle: deque[_Connection] = deque()
 
     async def _connection(self) -> tuple[_Connection, bool]:
@@ -254,14 +266,19 @@ class Http1Pool:
             if not conn.closed:
                 return conn, True
         loop = asyncio.get_running_loop()
-        _, protocol = await loop.create_connection(
-            lambda: _Connection(self._limit),
-            self.host,
-            self.port,
-            ssl=self.tls,
-            server_hostname=self.host if self.tls is not None else None,
-        )
+        async with asyncio.timeout(self._connect_timeout):
+            _, protocol = await loop.create_connection(
+                lambda: _Connection(self._limit),
+                self.host,
+                self.port,
+                ssl=self.tls,
+                server_hostname=self.host if self.tls is not None else None,
+            )
         return protocol, False
+
+    async def _exchange(self, conn: _Connection, payload: bytes) -> Http1Answer:
+        async with asyncio.timeout(self._answer_timeout):
+            return await conn.request(payload)
 
     def head(self, method: str, target: str, headers: dict[str, str], body: bytes) -> bytes:
         lines = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1"), self._host_header]
@@ -280,14 +297,14 @@ class Http1Pool:
         payload = self.head(method, target, headers, body)
         conn, reused = await self._connection()
         try:
-            answer = await conn.request(payload)
+            answer = await self._exchange(conn, payload)
         except Http1Error:
             conn.close()
             if not reused or conn.answered:
                 raise
             conn, _ = await self._connection_new()
             try:
-                answer = await conn.request(payload)
+                answer = await self._exchange(conn, payload)
             except BaseException:
                 conn.close()
                 raise

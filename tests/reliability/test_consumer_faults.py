@@ -23,6 +23,7 @@ from harness import (
     write_spec,
 )
 
+from dcnios.consumers.intake import MIN_WINDOW, WINDOW_FACTOR
 from dcnios.consumers.run import ConsumerRunner
 from dcnios.producers.run import SourceRunner
 from dcnios.sandbox.dcache import DCacheEmulator
@@ -81,7 +82,7 @@ def test_consumer_kill9_with_work_in_flight(
         accepted = invoked(oscar.job_calls("svc"))
         jobs = len(oscar.services["svc"].jobs)
     duplicates = jobs - n
-    window = max(32 * 8, 1024)
+    window = max(32 * WINDOW_FACTOR, MIN_WINDOW)  # what may be invoked ahead of the last commit
     tally.append(
         Tally(
             f"consumer kill -9 x{kills}, job_id {job_id}",

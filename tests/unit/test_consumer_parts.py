@@ -224,6 +224,7 @@ def test_the_breaker_is_half_open_after_a_passing_probe() -> None:
     assert breaker.is_open and breaker.reason == "500 from Kubernetes"
     breaker.probe_passed()
     assert breaker.record(False) is False  # the first success closes it
+    assert breaker.closings == 1  # counted, so the prober's delays start again however soon it re-opens
     assert not breaker.is_open and not breaker.half_open
     assert not any(breaker.record(True) for _ in range(4))  # closed: a run of five again
 
