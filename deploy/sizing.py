@@ -4,9 +4,9 @@
   memory freed and not returned); a 1,000,000-file gap repair peaks at 100.6 MB. Throughput is
   13.2k events/s on one core (about 76 CPU-us per event); the run loop is one Python thread, so a
   second core adds nothing.
-* Consumer: RSS 62.2 MB at concurrency 64; 1.1 CPU-s per 1,000 invocations; about 890
-  invocations/s at most per process (c=64 against a 20 ms endpoint), where the GIL caps it near one
-  core.
+* Consumer (one event loop): RSS 96 MB at concurrency 64 and 101 MB at 128; 0.233 CPU-s per 1,000
+  invocations; about 3,830 invocations/s at most per process (c=128 against a 20 ms endpoint),
+  where its loop thread is near one core.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from dcnios.spec import ConsumerSpec
 
 __all__ = ["Resources", "consumer_resources", "producer_resources"]
 
-#: BENCHMARKS.md "consumer | CPU per 1k invocations": 1.1 CPU-s.
-CONSUMER_CPU_SECONDS_PER_CALL: Final = 1.1 / 1000
-#: BENCHMARKS.md "consumer | throughput c=64": 893.5 invocations/s, about one core.
-CONSUMER_MAX_CALLS_PER_POD: Final = 890.0
+#: BENCHMARKS.md "Consumer side by side": 0.233 CPU-ms per invocation at c=64.
+CONSUMER_CPU_SECONDS_PER_CALL: Final = 0.233 / 1000
+#: BENCHMARKS.md "Consumer side by side": 3,830 invocations/s at c=128, the loop near one core.
+CONSUMER_MAX_CALLS_PER_POD: Final = 3830.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +61,13 @@ def consumer_resources(consumer: ConsumerSpec) -> Resources:
     calls = consumer.rate.per_second if consumer.rate is not None else CONSUMER_MAX_CALLS_PER_POD / 2
     calls = min(calls, CONSUMER_MAX_CALLS_PER_POD)
     cpu = max(100, min(1000, math.ceil(calls * CONSUMER_CPU_SECONDS_PER_CALL * 1000)))
-    extra_threads = max(0, consumer.concurrency - 64)
-    memory = 128 + math.ceil(extra_threads / 8) * 8  # ~1 MiB per extra worker thread (stack + session)
+    # 96 MB at c=64, 101 MB at c=128: about 8 MiB more per 64 calls in flight above 128, with room.
+    memory = 128 + math.ceil(max(0, consumer.concurrency - 128) / 64) * 8
     return Resources(
         cpu,
         memory,
         1000,
         2 * memory,
-        "BENCHMARKS.md: consumer 1.1 CPU-s per 1k invocations, ~890 invocations/s per process, "
-        "RSS 62.2 MB at concurrency 64",
+        "BENCHMARKS.md: consumer 0.233 CPU-s per 1k invocations, ~3,830 invocations/s per process, "
+        "RSS 101 MB at concurrency 128",
     )

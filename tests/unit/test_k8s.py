@@ -252,9 +252,10 @@ def test_resources_follow_the_benchmarks() -> None:
     assert "BENCHMARKS.md" in producer["metadata"]["annotations"]["dcnios/resources"]
     fft = named("Deployment", "dcnios-consumer-fft")["spec"]["template"]["spec"]["containers"][0]
     grayify = named("Deployment", "dcnios-consumer-grayify")["spec"]["template"]["spec"]["containers"][0]
-    # 20/s x 1.1 CPU-ms per call is 22m: the 100m floor; unlimited: half of one core's ~890 calls/s.
+    # 20/s x 0.233 CPU-ms per call is 5m: the 100m floor; unlimited: half of the ~3,830 calls/s
+    # one process makes, at 0.233 ms each: 447m.
     assert fft["resources"]["requests"]["cpu"] == "100m"
-    assert grayify["resources"]["requests"]["cpu"] == "490m"
+    assert grayify["resources"]["requests"]["cpu"] == "447m"
 
 
 # -- secrets ------------------------------------------------------------------------------------
