@@ -13,6 +13,7 @@ partition): a record in a long backoff never holds its key, or a revoke, until i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -230,15 +231,21 @@ class RecordDriver:
                 ended.set_result(end)
 
         def from_poller(end: JobEnd) -> None:
-            loop.call_soon_threadsafe(resolve, end)
+            # A loop closed meanwhile (the member stopped): the record stays uncommitted and its
+            # next owner follows the same job.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(resolve, end)
 
         cancel = self.watch.follow(job, from_poller)
-        while not ended.done():
-            if self.stop.is_set() or stale():
-                cancel()
-                return None
-            await asyncio.wait({ended}, timeout=_SLEEP_SLICE)
-        return ended.result()
+        try:
+            while not ended.done():
+                if self.stop.is_set() or stale():
+                    return None
+                await asyncio.wait({ended}, timeout=_SLEEP_SLICE)
+            return ended.result()
+        finally:
+            if not ended.done():
+                cancel()  # stopped, stale or cancelled: the poller no longer calls back
 
     async def follow_to_end(
         self,
