@@ -18,7 +18,6 @@ from confluent_kafka import Producer, TopicPartition
 
 from dcnios.codec import StorageEventCodec
 from dcnios.kafka import ensure_topics, producer_config
-from dcnios.producers.outbox import SlotAcks
 from dcnios.producers.run import SourceRunner
 from dcnios.sandbox.dcache import DCacheEmulator
 from dcnios.spec import PipelineSpec, load_spec
@@ -47,15 +46,14 @@ class _TimedRunner(SourceRunner):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        settled = self.outbox._settled  # noqa: SLF001  # timing the ack is the point of this runner
+        acked = self.outbox._events_acked  # noqa: SLF001  # timing the ack is the point of this runner
 
-        def timed(acks: SlotAcks) -> None:
-            settled(acks)
-            # The records of one chunk share their frames' read time and their settling time.
-            latency = (now_millis() - acks.observed_ms) / 1000
-            self.latencies.extend([latency] * acks.topics.get(self.source.topic, 0))
+        def timed(count: int, observed_ms: int) -> None:
+            acked(count, observed_ms)
+            # The event records of one chunk share their frames' read time and their ack.
+            self.latencies.extend([(now_millis() - observed_ms) / 1000] * count)
 
-        self.outbox._settled = timed  # type: ignore[method-assign]  # noqa: SLF001
+        self.outbox._events_acked = timed  # type: ignore[method-assign]  # noqa: SLF001
 
 
 def _run(runner: SourceRunner) -> threading.Thread:

@@ -40,12 +40,24 @@ class SlotAcks:
     out (``writes``); ``pending`` counts every record, index records included.
     """
 
-    __slots__ = ("file_acked", "files", "observed_ms", "other_acked", "pending", "slot", "topics", "writes")
+    __slots__ = (
+        "file_acked",
+        "files",
+        "files_since",
+        "observed_ms",
+        "other_acked",
+        "pending",
+        "slot",
+        "topics",
+        "writes",
+    )
 
     def __init__(self, slot: Slot, observed_ms: int) -> None:
         self.slot = slot
         self.observed_ms = observed_ms
         self.files = 0
+        #: Event records produced since ``files`` was last 0: acknowledged together when it is.
+        self.files_since = 0
         self.pending = 0
         self.writes: list[IndexWrite] = []
         self.topics: dict[str, int] = {}
@@ -96,6 +108,7 @@ class Outbox:
             acks.writes.append(self.writer.after_ack(record, acks.other_acked))
             acks.pending += 1
         acks.files += 1
+        acks.files_since += 1
         self._count(acks, topic)
         self.producer.produce(topic, value, key=event.key, headers=headers, delivered=acks.file_acked)
 
@@ -163,13 +176,20 @@ class Outbox:
 
     def _file_acked(self, acks: SlotAcks, msg: Message) -> None:
         acks.files -= 1
-        if acks.files == 0 and acks.writes:
-            # Every file record of the slot so far is acknowledged: their index records may go
+        if acks.files == 0:
+            # Every event record of the slot so far is acknowledged: their index records may go
             # out, from the next poll(), not from inside librdkafka's callback.
             for write in acks.writes:
                 write.ready = True
             acks.writes.clear()
+            self._events_acked(acks.files_since, acks.observed_ms)
+            acks.files_since = 0
         self._other_acked(acks, msg)
+
+    def _events_acked(self, count: int, observed_ms: int) -> None:
+        """``count`` event records read at ``observed_ms`` are acknowledged: what the consumers
+        can see. (Their slot settles later, after their index records.)"""
+        self._ack_latency.observe(max(0, now_millis() - observed_ms) / 1000)
 
     def _other_acked(self, acks: SlotAcks, msg: Message) -> None:
         acks.pending -= 1
@@ -180,10 +200,8 @@ class Outbox:
         """Everything the slot wrote so far is acknowledged (more may follow, under a new SlotAcks)."""
         del self._open[id(acks.slot)]
         acks.slot.pending -= 1
-        latency = max(0, now_millis() - acks.observed_ms) / 1000
         for topic, count in acks.topics.items():
             self._counter(topic).inc(count)
-        self._ack_latency.observe(latency)
 
     def _counter(self, topic: str) -> Any:
         # .labels() builds a key and takes a lock on every call; the hot path reuses children.
