@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
+from dcnios.aio import in_daemon_thread
 from dcnios.consumers.breaker import CircuitBreaker, Entry
 from dcnios.consumers.calls import OscarCalls
 from dcnios.consumers.jobs import JobEnd, JobWatch, PendingJobsGate
@@ -333,7 +334,9 @@ class RecordDriver:
             if not await self.sleep(delay):
                 return
             try:
-                passed = breaker.probe_by_call or await asyncio.to_thread(self.calls.invoker.healthy)
+                passed = breaker.probe_by_call or await in_daemon_thread(
+                    "oscar-health", self.calls.invoker.healthy
+                )
             except Exception:  # the probe must outlive any failure, or the breaker stays open for good
                 logger.exception("%s: the OSCAR health probe failed", name)
                 passed = False
