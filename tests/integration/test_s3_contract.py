@@ -17,6 +17,7 @@ from urllib.parse import quote_plus
 
 import boto3
 import pytest
+from s3_harness import ceph_body, minio_body
 
 from dcnios.consumers.record import RecordPolicy
 from dcnios.producers.s3_notifications import translate
@@ -36,80 +37,6 @@ pytestmark = [
 # Copies the staged input to the output under its own basename, so the test sees what was staged.
 SCRIPT = 'cp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/$(basename "$INPUT_FILE_PATH").staged"\n'
 KEYS = ["in/run7/img 1.tif", "in/a+b%20c.dat", "in/ünï/ço de.bin"]
-
-
-def minio_body(bucket: str, key: str, encoded_key: str, size: int) -> bytes:
-    """MinIO's event.Log as its Kafka target and webhook send it (field-2026-12.md §5.1), compact
-    like Go's encoding/json."""
-    record = {
-        "eventVersion": "2.0",
-        "eventSource": "minio:s3",
-        "awsRegion": "",
-        "eventTime": "2026-12-06T10:23:44.000Z",
-        "eventName": "s3:ObjectCreated:Put",
-        "userIdentity": {"principalId": "minio"},
-        "requestParameters": {"principalId": "minio", "region": "", "sourceIPAddress": "10.0.0.1"},
-        "responseElements": {
-            "x-amz-request-id": "16A0F0F1B7C44A2B",
-            "x-minio-origin-endpoint": "http://m:9000",
-        },
-        "s3": {
-            "s3SchemaVersion": "1.0",
-            "configurationId": "Config",
-            "bucket": {
-                "name": bucket,
-                "ownerIdentity": {"principalId": "minio"},
-                "arn": f"arn:aws:s3:::{bucket}",
-            },
-            "object": {
-                "key": encoded_key,
-                "size": size,
-                "eTag": "d41d8cd98f00b204e9800998ecf8427e",
-                "contentType": "application/octet-stream",
-                "userMetadata": {},
-                "sequencer": "187E1C2A3B4C5D6E",
-            },
-        },
-        "source": {"host": "10.0.0.1", "port": "", "userAgent": "MinIO (linux; amd64) minio-go/v7"},
-    }
-    doc = {"EventName": "s3:ObjectCreated:Put", "Key": f"{bucket}/{key}", "Records": [record]}
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def ceph_body(bucket: str, key: str, size: int) -> bytes:
-    """An RGW record as rgw_pubsub_s3_event::dump writes it: no s3: prefix, the key as it is."""
-    record = {
-        "eventVersion": "2.2",
-        "eventSource": "ceph:s3",
-        "awsRegion": "default",
-        "eventTime": "2026-12-06T10:23:44.124724Z",
-        "eventName": "ObjectCreated:Put",
-        "userIdentity": {"principalId": "tester"},
-        "requestParameters": {"sourceIPAddress": ""},
-        "responseElements": {"x-amz-request-id": "503a4c37.5330.903595", "x-amz-id-2": "14d2-zone1-zg1"},
-        "s3": {
-            "s3SchemaVersion": "1.0",
-            "configurationId": "oscar-in",
-            "bucket": {
-                "name": bucket,
-                "ownerIdentity": {"principalId": "tester"},
-                "arn": f"arn:aws:s3:default::{bucket}",
-                "id": "503a4c37.5332.38",
-            },
-            "object": {
-                "key": key,
-                "size": size,
-                "eTag": "e1",
-                "versionId": "",
-                "sequencer": "F7E6D5C4B3A29180",
-                "metadata": [],
-                "tags": [],
-            },
-        },
-        "eventId": "1575221657.102001.e1",
-        "opaqueData": "",
-    }
-    return json.dumps({"Records": [record]}, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def stage(tmp_path: Path, store: ObjectStore, body: bytes) -> tuple[Job, Path]:
@@ -156,7 +83,6 @@ def _bucket(s3: Any, unique: Any) -> str:
 def test_minio_body_is_staged_as_is(
     tmp_path: Path, s3: Any, moto_endpoint: str, unique: Any, key: str
 ) -> None:
-    from urllib.parse import quote_plus
 
     bucket = _bucket(s3, unique)
     data = f"content of {key}".encode()
