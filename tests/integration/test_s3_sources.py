@@ -26,6 +26,7 @@ from dcnios.producers.relay import RelayRunner
 from dcnios.producers.sources import runner_for
 from dcnios.sandbox.oscar import OscarEmulator
 from dcnios.spec import PipelineSpec, load_spec
+from dcnios.status import pipeline_status
 from dcnios.storage_event import StorageEvent
 from dcnios.topics import topic_plan
 
@@ -123,6 +124,9 @@ def test_minio_kafka_topic_is_relayed_and_committed_after_the_ack(
     value, headers = invalid
     assert value == b"{not json" and headers["dcnios-reason"].startswith(b"not JSON")
     assert headers["dcnios-origin"].startswith(f"{prefix}.minio[".encode())
+    (status,) = pipeline_status(spec)["sources"]
+    assert status["type"] == "s3-notifications" and status["upstream"] == f"kafka topic {prefix}.minio"
+    assert status["upstream_waiting"] == 0 and status["invalid"] == 1
 
 
 @pytest.mark.parametrize("fmt", ["minio", "ceph"])
@@ -263,6 +267,8 @@ def test_sqs_source_relays_real_bucket_notifications(
         assert sent != event.object_key  # the original keeps S3's URL-encoded key
     (report,) = read_topic(bootstrap, f"{prefix}.events.invalid", lambda r: len(r) >= 1)
     assert report[0] == b"not a notification" and report[1]["dcnios-origin"].startswith(b"sqs ")
+    (status,) = pipeline_status(spec)["sources"]
+    assert status["upstream"] == f"sqs {aws['queue']}" and status["upstream_waiting"] == 0
 
 
 def test_native_consumer_sends_the_notification_once(
