@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from dcnios.consumers.record import DeadLetter, Prepared, RecordPolicy
 from dcnios.errors import ConfigError
 from dcnios.producers.s3_notifications import translate
 from dcnios.producers.upstream import Delivery, Events, Rejected, Skipped
-from dcnios.spec import S3NotificationsSourceSpec, parse_spec, spec_json_schema
+from dcnios.spec import S3NotificationsSourceSpec, load_spec, parse_spec, spec_json_schema
 from dcnios.storage_event import StorageEvent, dedup_key
 
 AWS_TEST_EVENT = (
@@ -246,3 +247,22 @@ def test_payload_modes_refuse_what_they_cannot_send() -> None:
     assert isinstance(prepared, Prepared) and prepared.body == b"\x00any"
     record = _policy("record", None).prepare(S3)
     assert isinstance(record, Prepared) and json.loads(record.body)["kind"] == "s3"
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt"),
+    [("s3-minio-kafka", "minio"), ("s3-minio-webhook", "minio"), ("s3-ceph", "ceph"), ("s3-aws-sqs", "aws")],
+)
+def test_example_specs_of_every_source_are_valid(name: str, fmt: str) -> None:
+    spec = load_spec(EXAMPLES / f"{name}.yaml", env={})
+    (source,) = spec.sources
+    assert isinstance(source, S3NotificationsSourceSpec) and source.format == fmt
+    assert spec.consumers[0].payload == "native"
+
+
+def test_the_raw_example_is_valid() -> None:
+    spec = load_spec(EXAMPLES / "kafka-raw.yaml", env={})
+    assert spec.sources == () and spec.consumers[0].payload == "raw"
