@@ -21,6 +21,7 @@ from dcnios.cli import (
     topics,
     up,
     validate,
+    workflow,
 )
 from dcnios.cli._common import parser_class, run_main
 
@@ -41,6 +42,7 @@ _SUBCOMMANDS = (
     nifi,
     k8s,
     sandbox,
+    workflow,
 )
 
 

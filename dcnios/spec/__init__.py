@@ -37,6 +37,7 @@ from dcnios.spec.model import (
     TopicReaders,
     glob_match,
 )
+from dcnios.spec.workflow import RetryPolicy, StepSpec, TriggerSpec, WorkflowSpec
 
 __all__ = [
     "ConsumerFilter",
@@ -51,6 +52,7 @@ __all__ = [
     "PipelineSpec",
     "Rate",
     "RegistrySpec",
+    "RetryPolicy",
     "RetrySpec",
     "RouteSpec",
     "SandboxDCacheSpec",
@@ -60,8 +62,11 @@ __all__ = [
     "SaslSpec",
     "SourceSpec",
     "SslSpec",
+    "StepSpec",
     "TopicDefaults",
     "TopicReaders",
+    "TriggerSpec",
+    "WorkflowSpec",
     "glob_match",
     "load_spec",
     "parse_spec",

@@ -19,6 +19,7 @@ from dcnios.secrets import (
     read_secret_file,
 )
 from dcnios.spec._build import Duration, Rate, spec_field
+from dcnios.spec.workflow import WorkflowSpec, graph_problems
 
 if TYPE_CHECKING:
     from dcnios.topics import TopicPlan
@@ -620,10 +621,15 @@ class PipelineSpec:
     sandbox: SandboxSpec | None = spec_field(
         None, doc="local stand-ins `dcnios up` starts (never needed in production)"
     )
+    workflows: tuple[WorkflowSpec, ...] = spec_field(
+        (), doc="graphs of OSCAR services, one run per triggering event (`dcnios workflow run`)"
+    )
 
     def validate(self) -> Problems:
         yield from _unique("sources", [s.name for s in self.sources])
         yield from _unique("consumers", [c.name for c in self.consumers])
+        yield from _unique("workflows", [w.name for w in self.workflows])
+        yield from self._workflows()
         names = {c.name for c in self.consumers}
         if self.nifi is not None:
             for i, name in enumerate(self.nifi.consumers):
@@ -632,6 +638,50 @@ class PipelineSpec:
                     yield f"nifi.consumers[{i}]", f"no consumer named {name!r}{hint}"
         yield from self._derived_topics()
         yield from self._authorised_readers()
+
+    def _workflows(self) -> Problems:
+        consumers = {c.name: c for c in self.consumers}
+        sources = {s.name for s in self.sources}
+        sandbox = self.sandbox.oscar if self.sandbox is not None else None
+        services = {s.name for s in sandbox.services} if sandbox is not None else None
+        for i, workflow in enumerate(self.workflows):
+            at = f"workflows[{i}]"
+            trigger = consumers.get(workflow.trigger.consumer)
+            if trigger is None:
+                hint = f"; consumers are {', '.join(sorted(consumers))}" if consumers else ""
+                yield f"{at}.trigger.consumer", f"no consumer named {workflow.trigger.consumer!r}{hint}"
+            elif trigger.oscar.username is None:
+                yield (
+                    f"{at}.trigger.consumer",
+                    f"consumer {trigger.name!r} has no oscar username/password: a workflow follows every "
+                    "job through GET /system/logs, which lists dcnios's jobs only for Basic auth",
+                )
+            if workflow.storage is not None and workflow.storage not in sources:
+                yield f"{at}.storage", f"no source named {workflow.storage!r}"
+            chained = [j for j, s in enumerate(workflow.steps) if s.after]
+            if chained and workflow.storage is None:
+                yield (
+                    f"{at}.steps[{chained[0]}].after",
+                    "a step after another needs the workflow's `storage` (the source whose dCache "
+                    "lists its parent's outputs)",
+                )
+            if services is not None:
+                for j, step in enumerate(workflow.steps):
+                    if step.service not in services:
+                        known = ", ".join(sorted(services))
+                        yield (
+                            f"{at}.steps[{j}].service",
+                            f"unknown service {step.service!r}; the sandbox runs {known}",
+                        )
+            accepted = trigger.filter.paths if trigger is not None else ()
+            for rel, message in graph_problems(workflow.steps, accepted):
+                yield f"{at}.{rel}", message
+
+    def workflow(self, name: str) -> WorkflowSpec:
+        for workflow in self.workflows:
+            if workflow.name == name:
+                return workflow
+        raise KeyError(name)
 
     def topic_readers(self) -> dict[str, TopicReaders]:
         """Each restricted topic a source writes: who may read it, and the key that says so.
