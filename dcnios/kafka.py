@@ -322,7 +322,9 @@ class LatchedProducer:
         headers: OutHeaders | None = None,
         on_delivery: ProduceCallback | None = None,
         token: Any = None,
+        partition: int | None = None,
     ) -> None:
+        """``partition``: where the record goes; by default the partitioner picks from the key."""
         self.raise_latched()
         while True:
             try:
@@ -332,6 +334,7 @@ class LatchedProducer:
                     key=key,
                     headers=headers,
                     on_delivery=self._delivered(on_delivery, token),
+                    partition=-1 if partition is None else partition,  # -1: RD_KAFKA_PARTITION_UA
                 )
                 break
             except BufferError:

@@ -14,6 +14,7 @@ from dcnios.cli import (
     k8s,
     nifi,
     replay,
+    runs,
     sandbox,
     schema,
     status,
@@ -43,6 +44,7 @@ _SUBCOMMANDS = (
     k8s,
     sandbox,
     workflow,
+    runs,
 )
 
 

@@ -1,4 +1,4 @@
-"""`dcnios workflow plan NAME`: draw a workflow's graph."""
+"""`dcnios workflow plan|run NAME`: draw a workflow's graph, or run one of its orchestrators."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import shutil
 import subprocess
 import sys
 
-from dcnios.cli._common import EXIT_OK, add_common, load_spec_arg
+from dcnios.cli._common import EXIT_OK, StopFlag, add_common, load_spec_arg
 from dcnios.consumers.workflows.graph import Graph
+from dcnios.consumers.workflows.scheduler import Orchestrator
 from dcnios.errors import ConfigError, DcniosError
+from dcnios.metrics import WorkflowMetrics, serve_metrics
 from dcnios.spec import PipelineSpec, WorkflowSpec
 
 __all__ = ["register", "workflow_arg"]
@@ -37,6 +39,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     plan.add_argument("--svg", metavar="FILE", help="also write an SVG (needs graphviz's `dot`)")
     plan.add_argument("--dot", action="store_true", help="print Graphviz DOT instead of text")
     plan.set_defaults(run=_plan)
+    run = verbs.add_parser(
+        "run",
+        help="run one orchestrator of the workflow (start more to scale out)",
+        description="Join the workflow's consumer group over the trigger consumer's topic: each "
+        "record starts one run, and each run this member owns (with its trigger's partition) is "
+        "driven to its end, and resumed where it was after any restart.",
+        epilog="SIGTERM/SIGINT stop; runs under way resume with the partition's next owner.",
+    )
+    add_common(run, bootstrap=True)
+    run.add_argument("name", metavar="NAME", help="workflows[].name")
+    run.add_argument("--metrics-port", type=int, metavar="P", help="serve /metrics and /healthz here")
+    run.set_defaults(run=_run)
 
 
 def workflow_arg(spec: PipelineSpec, name: str) -> WorkflowSpec:
@@ -62,4 +76,17 @@ def _plan(args: argparse.Namespace) -> int:
         if done.returncode != 0:
             raise DcniosError(f"dot -Tsvg failed: {done.stderr.decode(errors='replace').strip()}")
         print(f"SVG written to {args.svg}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    spec = load_spec_arg(args.config, args.bootstrap)
+    workflow = workflow_arg(spec, args.name)
+    stop = StopFlag().install()
+    metrics = WorkflowMetrics()
+    orchestrator = Orchestrator(spec, workflow, stop=stop.event, metrics=metrics)
+    if args.metrics_port is not None:
+        serve_metrics(metrics.registry, args.metrics_port, orchestrator.health)
+        logger.info("metrics on http://127.0.0.1:%d/metrics, health on /healthz", args.metrics_port)
+    orchestrator.run()
     return EXIT_OK
