@@ -582,6 +582,12 @@ class SandboxServiceSpec:
     name: str = spec_field(doc="service name (what consumers[].oscar.service names)", check=_name)
     script: str = spec_field(doc="script run for each job (relative to this file)")
     input: str = spec_field("/", doc="dCache directory the job's input file is read from (FDL input path)")
+    output: str | None = spec_field(
+        None,
+        doc="dCache directory (under sandbox.dcache.root) the job's outputs are uploaded to, as "
+        "the FDL's webdav.dcache output; absent: collected in sandbox.oscar.output/<service>",
+        check=_abs_path,
+    )
 
 
 @dataclass(frozen=True, slots=True)
