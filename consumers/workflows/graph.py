@@ -78,6 +78,8 @@ class Graph:
         for name in self.order:
             depth[name] = 1 + max((depth[p] for p in self.steps[name].after), default=-1)
         lines = [f"workflow {self.spec.name} (trigger: consumer {self.spec.trigger.consumer})"]
+        fan = "fan-out " if len(self.starts) > 1 else ""
+        lines.append(f"  each triggering file ──{fan}▶ {', '.join(self.starts)}")
         for level in range(max(depth.values()) + 1):
             lines.append(f"  stage {level + 1}:")
             for name in (n for n in self.order if depth[n] == level):

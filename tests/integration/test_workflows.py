@@ -147,3 +147,36 @@ def test_cancel_deletes_the_jobs_under_way_and_starts_nothing_more(
         assert run.steps["calibrate"].items[""].status == "cancelled"
         assert all(run.steps[s].status == "cancelled" for s in ("thumbnails", "features", "report"))
         assert not made.jobs("thumbs") and not made.jobs("report")
+
+
+def test_a_new_orchestrator_resumes_a_run_and_follows_the_job_it_had_named(
+    bootstrap: str, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    """The quick version of the kill -9 scenario (test_workflow_kill.py): the member stops while
+    a job runs; the next one reads the run's state, asks for the same job, and follows it."""
+    prefix = unique("wf")
+    steps = (
+        "      - {name: calibrate, service: calib}\n"
+        "      - {name: report, service: report, after: [calibrate]}\n"
+    )
+    with cluster() as made:
+        made.add("calib", input_path="/data/in")
+        made.add("report")
+        made.duration = 2.0  # the job outlives the first orchestrator
+        spec = workflow_spec(tmp_path, bootstrap, made, prefix, steps)
+        produce(bootstrap, f"{prefix}.events", [event(4, "/data/in/shot-4.raw")])
+        first = start(spec)
+        try:
+            wait_for(lambda: len(made.jobs("calib")) == 1, 60)
+        finally:
+            first.halt()
+        second = start(spec)
+        try:
+            [run] = wait_runs(spec, 1, "succeeded").values()
+        finally:
+            second.halt()
+        assert not first.errors and not second.errors
+        calls = [c.status for c in made.oscar.calls if c.path == "/job/calib"]
+        assert calls == [201, 500]  # created once, then asked again: "already exists", followed
+        assert len(made.jobs("calib")) == 1 and len(made.jobs("report")) == 1
+        assert run.steps["calibrate"].items[""].attempt == 1
