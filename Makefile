@@ -7,10 +7,11 @@ DEMO_ARGS ?=
 QUICK ?=
 ONLY ?=
 
-.PHONY: help install lint test test-unit test-integration test-reliability demo bench clean
+.PHONY: help install lint test test-unit test-integration test-reliability demo demo-workflow bench clean
 
 help:
 	@echo "make demo    run the whole pipeline locally on embedded defaults"
+	@echo "make demo-workflow  a file in, two services at once, a join into one report (outbox)"
 	@echo "make test    lint + unit + integration tests (real embedded broker)"
 	@echo "make lint    ruff + mypy --strict"
 	@echo "make bench   benchmarks against ceilings measured in the same run (QUICK=1 for a smoke run,"
@@ -59,8 +60,16 @@ demo: install
 	mkdir -p demo/inbox demo/outbox
 	$(BIN)/dcnios up -c examples/demo.yaml --seed 24 $(DEMO_ARGS)
 
+# A workflow: each file in demo-workflow/store fans out to two services (checksum, stats) and a
+# join writes one report per file into demo-workflow/outbox/report; exits when every run ended.
+demo-workflow: install
+	mkdir -p demo-workflow/store demo-workflow/outbox
+	$(BIN)/dcnios workflow plan file-report -c examples/workflow.yaml
+	$(BIN)/dcnios up -c examples/workflow.yaml --seed 3 --once $(DEMO_ARGS)
+	@ls demo-workflow/outbox/report && cat demo-workflow/outbox/report/*.txt
+
 bench: install
 	$(BIN)/python bench/run.py $(if $(QUICK),--quick,) $(foreach b,$(ONLY),--only $(b))
 
 clean:
-	rm -rf demo $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf demo demo-workflow $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

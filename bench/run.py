@@ -21,6 +21,7 @@ import e2e_bench
 import plots
 import producer_bench
 import reconcile_bench
+import workflow_bench
 from common import SERIES, Result, broker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +32,7 @@ BENCHMARKS = {
     "consumer": consumer_bench.run,
     "end-to-end": e2e_bench.run,
     "reconcile": reconcile_bench.run,
+    "workflow": workflow_bench.run,
 }
 
 

@@ -176,7 +176,7 @@ class RecordDriver:
                 if stale():  # revoked while waiting for a turn: the partition's new owner calls it
                     breaker.release_probe(entry)
                     return None
-                job = policy.job(prepared.event, progress.job_try)
+                job = policy.job_for(prepared, progress.job_try)
                 started = time.perf_counter()
                 attempt = await self.calls.invoke(prepared.body, policy.headers(prepared.event, job))
             except BaseException:

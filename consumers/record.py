@@ -283,6 +283,10 @@ class RecordPolicy:
             return None
         return job_name(event, self.cs.oscar.service, self.generation, job_try)
 
+    def job_for(self, prepared: Prepared, job_try: int) -> str | None:
+        """The job name a call for ``prepared`` asks for (a workflow step names its own)."""
+        return self.job(prepared.event, job_try)
+
     def headers(self, event: StorageEvent, job: str | None) -> dict[str, str]:
         headers = {"traceparent": traceparent_for(event)}
         if job is not None:

@@ -331,13 +331,22 @@ class LatchedProducer:
         on_delivery: ProduceCallback | None = None,
         token: Any = None,
         delivered: DeliveryReport | None = None,
+        partition: int | None = None,
     ) -> None:
-        """``on_delivery(token, msg)`` per record, or ``delivered`` from ``delivery()``, shared."""
+        """``on_delivery(token, msg)`` per record, or ``delivered`` from ``delivery()``, shared.
+        ``partition``: where the record goes; by default the partitioner picks from the key."""
         self.raise_latched()
         report = delivered if delivered is not None else self.delivery(on_delivery, token)
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=report)
+                self._producer.produce(
+                    topic,
+                    value=value,
+                    key=key,
+                    headers=headers,
+                    on_delivery=report,
+                    partition=-1 if partition is None else partition,  # -1: RD_KAFKA_PARTITION_UA
+                )
                 break
             except BufferError:
                 # The local queue is full: serve delivery reports until there is room.

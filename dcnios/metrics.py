@@ -19,7 +19,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-__all__ = ["ConsumerMetrics", "ProducerMetrics", "serve_metrics"]
+__all__ = ["ConsumerMetrics", "ProducerMetrics", "WorkflowMetrics", "serve_metrics"]
 
 Health = Callable[[], tuple[bool, dict[str, Any]]]
 
@@ -223,4 +223,46 @@ class ConsumerMetrics:
             "1 while the circuit breaker holds invocations (OSCAR failing as a whole)",
             labels,
             registry=r,
+        )
+
+
+class WorkflowMetrics:
+    """A workflow orchestrator's runs and steps; ``deploy/monitoring.py`` queries these names."""
+
+    RUN_STATES = ("running", "succeeded", "failed", "cancelled")
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.runs = Gauge(
+            "dcnios_workflow_runs",
+            "runs this member owns, by state (finished ones until their partition moves)",
+            ["workflow", "state"],
+            registry=r,
+        )
+        self.runs_ended = Counter(
+            "dcnios_workflow_runs_ended", "runs that reached a final state", ["workflow", "state"], registry=r
+        )
+        self.runs_started = Counter(
+            "dcnios_workflow_runs_started", "runs started by a triggering event", ["workflow"], registry=r
+        )
+        self.step_jobs = Counter(
+            "dcnios_workflow_step_jobs",
+            "step jobs by how they ended (succeeded, failed, cancelled)",
+            ["workflow", "step", "state"],
+            registry=r,
+        )
+        self.step_latency = Histogram(
+            "dcnios_workflow_step_seconds",
+            "a step item from ready (its parents done) to its job's success",
+            ["workflow", "step"],
+            registry=r,
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+        )
+        self.overhead = Histogram(
+            "dcnios_workflow_step_overhead_seconds",
+            "orchestration per step item: ready -> job created, plus job ended -> next steps released",
+            ["workflow"],
+            registry=r,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )

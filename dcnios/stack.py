@@ -25,10 +25,12 @@ from typing import Any, Final, Protocol
 from prometheus_client import CollectorRegistry
 
 from dcnios.broker import EMBEDDED_CONSUMER_SETTINGS, EmbeddedBroker
+from dcnios.consumers.workflows.scheduler import Orchestrator
+from dcnios.consumers.workflows.state import Run
 from dcnios.errors import ConfigError
 from dcnios.kafka import ensure_topics
-from dcnios.metrics import ConsumerMetrics, ProducerMetrics
-from dcnios.spec import AnySourceSpec, ConsumerSpec, PipelineSpec
+from dcnios.metrics import ConsumerMetrics, ProducerMetrics, WorkflowMetrics
+from dcnios.spec import AnySourceSpec, ConsumerSpec, PipelineSpec, WorkflowSpec
 from dcnios.topics import topic_plan
 
 __all__ = ["ComponentState", "Stack"]
@@ -49,7 +51,7 @@ class _Runner(Protocol):
 class ComponentState:
     """One supervised runner (a source's producer or a consumer group member)."""
 
-    kind: str  # "source" | "consumer"
+    kind: str  # "source" | "consumer" | "workflow"
     name: str
     factory: Callable[[threading.Event], _Runner]
     stop: threading.Event = field(default_factory=threading.Event)
@@ -107,6 +109,7 @@ class Stack:
         self.registry = CollectorRegistry()
         self.producer_metrics = ProducerMetrics(self.registry)
         self.consumer_metrics = ConsumerMetrics(self.registry)
+        self.workflow_metrics = WorkflowMetrics(self.registry)
         self.components: list[ComponentState] = []
         self.skipped: list[str] = []
         self.broker: Any = None
@@ -136,7 +139,7 @@ class Stack:
 
     def stop(self) -> None:
         """Producers, then consumers, then stand-ins, then the broker. Idempotent."""
-        for kind in ("source", "consumer"):
+        for kind in ("source", "consumer", "workflow"):
             group = [c for c in self.components if c.kind == kind]
             for component in group:
                 component.stop.set()
@@ -239,13 +242,14 @@ class Stack:
             )
         self.jobs = JobRunner(
             {
-                s.name: ScriptService(s.name, _sandbox_path(self.base_dir, s.script), s.input)
+                s.name: ScriptService(s.name, _sandbox_path(self.base_dir, s.script), s.input, s.output)
                 for s in spec.services
             },
             _sandbox_path(self.base_dir, spec.output),
             webdav=webdav,
             workers=spec.workers,
             timeout=float(spec.job_timeout),
+            dcache_root=_sandbox_path(self.base_dir, sandbox.dcache.root) if sandbox.dcache else None,
         )
         self._started.append(self.jobs.shutdown)
         try:
@@ -255,7 +259,10 @@ class Stack:
         except OSError as exc:
             raise _bind_error("sandbox.oscar.port", spec.port, exc) from exc
         for service in spec.services:
-            self.oscar.add_service(service.name, input_path=service.input)
+            outputs = {}
+            if service.output is not None:
+                outputs["output"] = [{"storage_provider": "webdav.dcache", "path": service.output}]
+            self.oscar.add_service(service.name, input_path=service.input, **outputs)
         self.oscar.start()
         self._started.append(self.oscar.stop)
         logger.info("sandbox OSCAR on %s (services: %s)", self.oscar.endpoint, ", ".join(self.jobs.services))
@@ -310,10 +317,38 @@ class Stack:
             self.spec, source, stop=stop, metrics=self.producer_metrics, consumer_settings=settings
         )
 
+    def _workflow_runner(self, workflow: WorkflowSpec, stop: threading.Event) -> _Runner:
+        given = {**self.spec.kafka.librdkafka, **self.spec.consumer(workflow.trigger.consumer).librdkafka}
+        embedded = EMBEDDED_CONSUMER_SETTINGS if self.broker is not None else {}
+        extra = {k: v for k, v in embedded.items() if k not in given}
+        return Orchestrator(self.spec, workflow, stop=stop, metrics=self.workflow_metrics, extra_config=extra)
+
+    def workflow_runs(self) -> list[Run]:
+        """Every run the stack's orchestrators know (a copy, for counting)."""
+        found: list[Run] = []
+        for component in self.iter_components("workflow"):
+            runner = component.runner
+            if isinstance(runner, Orchestrator):
+                found += [r for runs in list(runner.runs.values()) for r in list(runs.values())]
+        return found
+
     def _start_runners(self) -> None:
         spec = self.spec
         nifi = set(spec.nifi.consumers) if spec.nifi is not None else set()
+        triggers = {w.trigger.consumer: w.name for w in spec.workflows}
+        for workflow in spec.workflows:
+            self.components.append(
+                ComponentState("workflow", workflow.name, functools.partial(self._workflow_runner, workflow))
+            )
         for consumer in spec.consumers:
+            if consumer.name in triggers:
+                logger.info(
+                    "consumer %s starts the runs of workflow %s: its records go to the workflow's "
+                    "orchestrator, not to a consumer of their own",
+                    consumer.name,
+                    triggers[consumer.name],
+                )
+                continue
             if consumer.name in nifi:
                 self.skipped.append(consumer.name)
                 logger.info(

@@ -16,6 +16,7 @@ __all__ = [
     "invalid_topic",
     "plans_named",
     "published_topic",
+    "runs_topic",
     "topic_plan",
 ]
 
@@ -54,6 +55,12 @@ def published_topic(kafka: KafkaSpec, source: str) -> str:
     One per source, so a producer reads only its own at start.
     """
     return f"{kafka.internal_prefix}.published.{source}"
+
+
+def runs_topic(kafka: KafkaSpec, workflow: str) -> str:
+    """Compacted; key = run id; value = the run's state (JSON). Partition p holds the runs started
+    by partition p of the trigger topic, so a run is owned with its trigger's partition."""
+    return f"{kafka.internal_prefix}.runs.{workflow}"
 
 
 def invalid_topic(topic: str) -> str:
@@ -102,6 +109,10 @@ def topic_plan(spec: PipelineSpec) -> list[TopicPlan]:
             else f"{at}.dead_letter_topic"
         )
         add(consumer.dead_letter_topic, dlq_origin, f"dead letters of consumer {consumer.name}", config=plain)
+    for i, workflow in enumerate(spec.workflows):
+        # As many partitions as the trigger topic gets (the orchestrator checks the live count).
+        purpose = f"run state of workflow {workflow.name} (compacted)"
+        add(runs_topic(k, workflow.name), f"workflows[{i}].name", purpose)
     add(checkpoint_topic(k), prefix, "producer checkpoints (compacted)", 1)
     add(control_topic(k), prefix, "runtime rate and pause control (compacted)", 1)
     add(gaps_topic(k), prefix, "gaps in source event streams", 1, plain)

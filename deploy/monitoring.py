@@ -48,7 +48,7 @@ class Query:
 @dataclass(frozen=True, slots=True)
 class Panel:
     title: str
-    scope: Literal["source", "consumer"]
+    scope: Literal["source", "consumer", "workflow"]
     unit: str
     queries: tuple[Query, ...]
 
@@ -78,6 +78,7 @@ def _rate(metric: str, by: str, selector: str = "") -> str:
 
 _S = 'source=~"$source"'
 _C = 'consumer=~"$consumer"'
+_W = 'workflow=~"$workflow"'
 
 PANELS: Final[tuple[Panel, ...]] = (
     Panel(
@@ -233,6 +234,58 @@ PANELS: Final[tuple[Panel, ...]] = (
             Query(f"max by (consumer) (dcnios_consumer_paused{{{_C}}})", "{{consumer}} paused"),
         ),
     ),
+    Panel(
+        "Workflow runs by state",
+        "workflow",
+        "short",
+        (Query(f"sum by (workflow, state) (dcnios_workflow_runs{{{_W}}})", "{{workflow}} {{state}}"),),
+    ),
+    Panel(
+        "Workflow runs ended (1h)",
+        "workflow",
+        "short",
+        (
+            Query(
+                f"sum by (workflow, state) (increase(dcnios_workflow_runs_ended_total{{{_W}}}[1h]))",
+                "{{workflow}} {{state}}",
+            ),
+            Query(
+                f"sum by (workflow) (increase(dcnios_workflow_runs_started_total{{{_W}}}[1h]))",
+                "{{workflow}} started",
+            ),
+        ),
+    ),
+    Panel(
+        "Step latency, ready -> job succeeded (p95)",
+        "workflow",
+        "s",
+        (
+            Query(
+                "histogram_quantile(0.95, "
+                + _rate("dcnios_workflow_step_seconds_bucket", "workflow, step, le", _W)
+                + ")",
+                "{{workflow}} {{step}}",
+            ),
+        ),
+    ),
+    Panel(
+        "Orchestration overhead per step (p95) and failed step jobs",
+        "workflow",
+        "s",
+        (
+            Query(
+                "histogram_quantile(0.95, "
+                + _rate("dcnios_workflow_step_overhead_seconds_bucket", "workflow, le", _W)
+                + ")",
+                "{{workflow}} overhead",
+            ),
+            Query(
+                "sum by (workflow, step) "
+                f'(increase(dcnios_workflow_step_jobs_total{{{_W}, state="failed"}}[1h]))',
+                "{{workflow}} {{step}} failed jobs (1h)",
+            ),
+        ),
+    ),
 )
 
 _RATE_BINDS: Final = (
@@ -305,6 +358,16 @@ ALERTS: Final[tuple[Alert, ...]] = (
         "critical",
         "dcnios producer pod {{ $labels.pod }} is down",
         "Prometheus cannot scrape {{ $labels.instance }} for 5 minutes; no dCache events are published.",
+    ),
+    Alert(
+        "DcniosWorkflowRunsFailing",
+        'sum by (workflow) (increase(dcnios_workflow_runs_ended_total{state="failed"}[15m])) > 0',
+        "0m",
+        "warning",
+        "dcnios workflow {{ $labels.workflow }}: runs failed",
+        "A step exhausted its retries and failed its run; `dcnios runs list --state failed` lists "
+        "them, `dcnios runs show RUN` gives the step's error and log tail, `dcnios runs retry RUN` "
+        "resumes one from its failed step.",
     ),
 )
 
@@ -428,7 +491,11 @@ def dashboard() -> dict[str, Any]:
     """Grafana dashboard JSON: a row per scope, two panels a line."""
     panels: list[dict[str, Any]] = []
     y, panel_id = 0, 1
-    for scope, title in (("source", "Sources (producers)"), ("consumer", "Consumers")):
+    for scope, title in (
+        ("source", "Sources (producers)"),
+        ("consumer", "Consumers"),
+        ("workflow", "Workflows"),
+    ):
         panels.append(
             {
                 "id": panel_id,
@@ -458,6 +525,7 @@ def dashboard() -> dict[str, Any]:
                 {"name": "datasource", "type": "datasource", "query": "prometheus", "current": {}},
                 _variable("source", "dcnios_producer_records_total"),
                 _variable("consumer", "dcnios_consumer_in_flight"),
+                _variable("workflow", "dcnios_workflow_runs"),
             ]
         },
         "panels": panels,
@@ -467,7 +535,10 @@ def dashboard() -> dict[str, Any]:
 def dashboard_queries() -> list[str]:
     """Every PromQL expression of the dashboard, as Grafana would send it with every variable at All."""
     return [
-        q.expr.replace("$__rate_interval", "1m").replace("$source", ".*").replace("$consumer", ".*")
+        q.expr.replace("$__rate_interval", "1m")
+        .replace("$source", ".*")
+        .replace("$consumer", ".*")
+        .replace("$workflow", ".*")
         for p in PANELS
         for q in p.queries
     ]

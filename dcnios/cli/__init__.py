@@ -14,6 +14,7 @@ from dcnios.cli import (
     k8s,
     nifi,
     replay,
+    runs,
     sandbox,
     schema,
     status,
@@ -21,6 +22,7 @@ from dcnios.cli import (
     topics,
     up,
     validate,
+    workflow,
 )
 from dcnios.cli._common import parser_class, run_main
 
@@ -41,6 +43,8 @@ _SUBCOMMANDS = (
     nifi,
     k8s,
     sandbox,
+    workflow,
+    runs,
 )
 
 

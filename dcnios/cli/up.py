@@ -16,6 +16,7 @@ from typing import Any, Final
 from dcnios.cli._common import EXIT_FAILURE, EXIT_OK, StopFlag, add_common, load_spec_arg
 from dcnios.cli._detach import READY_MARK, detach
 from dcnios.cli._detach import stop as stop_background
+from dcnios.consumers.workflows.state import FINAL_RUN_STATES
 from dcnios.errors import ConfigError
 from dcnios.stack import Stack
 
@@ -106,8 +107,14 @@ class Accounting:
     jobs_by_file: dict[str, list[str]] = field(default_factory=dict)
     dead_letters: int = 0
 
+    #: With workflows: each seeded file's run state ("" until its run started).
+    runs_by_file: dict[str, str] = field(default_factory=dict)
+
     def update(self, stack: Stack) -> None:
         self.dead_letters = int(stack.metric("dcnios_consumer_dead_letters_total"))
+        if stack.spec.workflows:
+            runs = {os.path.basename(str(r.trigger.get("path"))): r.status for r in stack.workflow_runs()}
+            self.runs_by_file = {name: runs.get(name, "") for name in self.seeded}
         self.jobs_by_file = {name: [] for name in self.seeded}
         for service in stack.oscar.services.values():
             for job in list(service.jobs.values()):
@@ -120,6 +127,8 @@ class Accounting:
 
     @property
     def done(self) -> bool:
+        if self.runs_by_file:
+            return all(state in FINAL_RUN_STATES for state in self.runs_by_file.values())
         states = [self.jobs_by_file.get(n, []) for n in self.seeded]
         if not all(self._settled(s) for s in states):
             return False
@@ -131,6 +140,8 @@ class Accounting:
         return "Succeeded" in states or states.count("Failed") >= self.attempts
 
     def summary(self, stack: Stack) -> dict[str, Any]:
+        if self.runs_by_file:
+            return self._runs_summary(stack)
         processed = [n for n in self.seeded if "Succeeded" in self.jobs_by_file.get(n, [])]
         jobs = sum(len(v) for v in self.jobs_by_file.values())
         totals = stack.jobs.totals
@@ -146,6 +157,21 @@ class Accounting:
             "dead_letters": int(stack.metric("dcnios_consumer_dead_letters_total")),
             "lost": len(self.seeded) - len(processed),
             "missing": [n for n in self.seeded if n not in processed],
+        }
+
+    def _runs_summary(self, stack: Stack) -> dict[str, Any]:
+        done = [n for n, state in self.runs_by_file.items() if state == "succeeded"]
+        totals = stack.jobs.totals
+        return {
+            "files_seeded": len(self.seeded),
+            "runs_succeeded": len(done),
+            "runs_failed": sum(1 for s in self.runs_by_file.values() if s in ("failed", "cancelled")),
+            "jobs_run": totals.succeeded + totals.failed,
+            "jobs_failed": totals.failed,
+            "script_errors": totals.script_errors,
+            "outputs_written": totals.outputs,
+            "lost": len(self.seeded) - len(done),
+            "missing": [n for n in self.seeded if n not in done],
         }
 
 

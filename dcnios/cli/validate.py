@@ -60,6 +60,13 @@ def summary(spec: PipelineSpec) -> str:
             f" ordering={c.ordering} dlq={c.dead_letter_topic} principal {c.principal}"
             f"{' [nifi]' if nifi else ''}"
         )
+    for w in spec.workflows:
+        starts = [st.name for st in w.steps if not st.after]
+        lines.append(
+            f"workflow {w.name}: runs started by consumer {w.trigger.consumer} (group {w.group}), "
+            f"{len(w.steps)} steps, starting at {', '.join(starts)}; outputs listed from "
+            f"{w.storage or '-'}; `dcnios workflow plan {w.name}` draws it"
+        )
     if spec.nifi is not None:
         lines.append(f"nifi: {spec.nifi.endpoint} v{spec.nifi.version} consumers={list(spec.nifi.consumers)}")
     lines.append(f"topics: {', '.join(p.name for p in topic_plan(spec))}")

@@ -74,6 +74,9 @@ class ScriptService:
     script: str
     #: The dCache directory the service's input is read from (the FDL's webdav.dcache input path).
     input: str = "/"
+    #: The dCache directory its outputs are uploaded to (the FDL's webdav.dcache output path);
+    #: None: they are collected under the runner's output directory.
+    output: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,7 @@ class JobRunner:
         object_stores: tuple[ObjectStore, ...] = (),
         workers: int = 4,
         timeout: float = 300.0,
+        dcache_root: str | None = None,
     ) -> None:
         if not supervisor_available():
             raise ConfigError(INSTALL_HINT)
@@ -138,6 +142,8 @@ class JobRunner:
         self.webdav = webdav
         self.object_stores = object_stores
         self.timeout = timeout
+        #: The local directory behind the sandbox dCache: where "uploads" to a dCache output land.
+        self.dcache_root = dcache_root
         self.totals = JobTotals()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox-job")
@@ -241,7 +247,7 @@ class JobRunner:
                 return False, log + f"supervisor exited with status {process.returncode}\n"
             self._script_status(job, service, job_dir)
             try:
-                self._collect(job.service, os.path.join(job_dir, "output"))
+                self._collect(service, os.path.join(job_dir, "output"))
             except OSError as exc:  # the sandbox's own problem: the job itself succeeded
                 logger.warning("%s: outputs not collected: %s", job.name, exc)
                 log += f"sandbox: outputs not collected: {exc}\n"
@@ -264,8 +270,13 @@ class JobRunner:
             with self._lock:
                 self.totals.script_errors += 1
 
-    def _collect(self, service: str, produced: str) -> int:
-        target = os.path.join(self.output_dir, service)
+    def _collect(self, service: ScriptService, produced: str) -> int:
+        """The stand-in for the supervisor's upload (storage/__init__.py ``upload_output``:
+        ``<output path>/<name relative to $TMP_OUTPUT_DIR>``)."""
+        if service.output is not None and self.dcache_root is not None:
+            target = os.path.join(self.dcache_root, service.output.lstrip("/"))
+        else:
+            target = os.path.join(self.output_dir, service.name)
         count = 0
         for dirpath, _, filenames in os.walk(produced):
             for name in filenames:

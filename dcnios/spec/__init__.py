@@ -43,6 +43,7 @@ from dcnios.spec.model import (
     glob_match,
     source_kinds,
 )
+from dcnios.spec.workflow import RetryPolicy, StepSpec, TriggerSpec, WorkflowSpec
 
 __all__ = [
     "AnySourceSpec",
@@ -58,6 +59,7 @@ __all__ = [
     "PipelineSpec",
     "Rate",
     "RegistrySpec",
+    "RetryPolicy",
     "RetrySpec",
     "RouteSpec",
     "S3NotificationsSourceSpec",
@@ -69,10 +71,13 @@ __all__ = [
     "SourceSpec",
     "SqsSpec",
     "SslSpec",
+    "StepSpec",
     "TopicDefaults",
     "TopicReaders",
     "UpstreamTopicSpec",
     "WebhookSpec",
+    "TriggerSpec",
+    "WorkflowSpec",
     "glob_match",
     "load_spec",
     "parse_spec",

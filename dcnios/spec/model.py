@@ -21,6 +21,7 @@ from dcnios.secrets import (
     read_secret_file,
 )
 from dcnios.spec._build import Duration, Rate, spec_field
+from dcnios.spec.workflow import WorkflowSpec, graph_problems
 
 if TYPE_CHECKING:
     from dcnios.topics import TopicPlan
@@ -787,6 +788,12 @@ class SandboxServiceSpec:
     name: str = spec_field(doc="service name (what consumers[].oscar.service names)", check=_name)
     script: str = spec_field(doc="script run for each job (relative to this file)")
     input: str = spec_field("/", doc="dCache directory the job's input file is read from (FDL input path)")
+    output: str | None = spec_field(
+        None,
+        doc="dCache directory (under sandbox.dcache.root) the job's outputs are uploaded to, as "
+        "the FDL's webdav.dcache output; absent: collected in sandbox.oscar.output/<service>",
+        check=_abs_path,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -828,10 +835,15 @@ class PipelineSpec:
     sandbox: SandboxSpec | None = spec_field(
         None, doc="local stand-ins `dcnios up` starts (never needed in production)"
     )
+    workflows: tuple[WorkflowSpec, ...] = spec_field(
+        (), doc="graphs of OSCAR services, one run per triggering event (`dcnios workflow run`)"
+    )
 
     def validate(self) -> Problems:
         yield from _unique("sources", [s.name for s in self.sources])
         yield from _unique("consumers", [c.name for c in self.consumers])
+        yield from _unique("workflows", [w.name for w in self.workflows])
+        yield from self._workflows()
         names = {c.name for c in self.consumers}
         if self.nifi is not None:
             for i, name in enumerate(self.nifi.consumers):
@@ -850,6 +862,50 @@ class PipelineSpec:
                         "token (the service's webdav input path), or give username/password to read "
                         "it from the service",
                     )
+
+    def _workflows(self) -> Problems:
+        consumers = {c.name: c for c in self.consumers}
+        sources = {s.name for s in self.sources}
+        sandbox = self.sandbox.oscar if self.sandbox is not None else None
+        services = {s.name for s in sandbox.services} if sandbox is not None else None
+        for i, workflow in enumerate(self.workflows):
+            at = f"workflows[{i}]"
+            trigger = consumers.get(workflow.trigger.consumer)
+            if trigger is None:
+                hint = f"; consumers are {', '.join(sorted(consumers))}" if consumers else ""
+                yield f"{at}.trigger.consumer", f"no consumer named {workflow.trigger.consumer!r}{hint}"
+            elif trigger.oscar.username is None:
+                yield (
+                    f"{at}.trigger.consumer",
+                    f"consumer {trigger.name!r} has no oscar username/password: a workflow follows every "
+                    "job through GET /system/logs, which lists dcnios's jobs only for Basic auth",
+                )
+            if workflow.storage is not None and workflow.storage not in sources:
+                yield f"{at}.storage", f"no source named {workflow.storage!r}"
+            chained = [j for j, s in enumerate(workflow.steps) if s.after]
+            if chained and workflow.storage is None:
+                yield (
+                    f"{at}.steps[{chained[0]}].after",
+                    "a step after another needs the workflow's `storage` (the source whose dCache "
+                    "lists its parent's outputs)",
+                )
+            if services is not None:
+                for j, step in enumerate(workflow.steps):
+                    if step.service not in services:
+                        known = ", ".join(sorted(services))
+                        yield (
+                            f"{at}.steps[{j}].service",
+                            f"unknown service {step.service!r}; the sandbox runs {known}",
+                        )
+            accepted = trigger.filter.paths if trigger is not None else ()
+            for rel, message in graph_problems(workflow.steps, accepted):
+                yield f"{at}.{rel}", message
+
+    def workflow(self, name: str) -> WorkflowSpec:
+        for workflow in self.workflows:
+            if workflow.name == name:
+                return workflow
+        raise KeyError(name)
 
     def topic_readers(self) -> dict[str, TopicReaders]:
         """Each restricted topic a source writes: who may read it, and the key that says so.

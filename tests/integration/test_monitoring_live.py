@@ -45,8 +45,20 @@ pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
 METRIC = re.compile(r"\b(dcnios_[a-z0-9_]+|up)\b(?!\s*\()")
 #: Series this run cannot produce, and why; a query naming only these may come back empty.
+_NO_WORKFLOW = "this pipeline runs no workflow orchestrator (test_workflows.py checks these metrics)"
 NOT_PRODUCED = {
     "dcnios_producer_delivery_errors_total": "needs a broker that refuses acknowledged writes",
+    **dict.fromkeys(
+        (
+            "dcnios_workflow_runs",
+            "dcnios_workflow_runs_ended_total",
+            "dcnios_workflow_runs_started_total",
+            "dcnios_workflow_step_seconds_bucket",
+            "dcnios_workflow_step_overhead_seconds_bucket",
+            "dcnios_workflow_step_jobs_total",
+        ),
+        _NO_WORKFLOW,
+    ),
 }
 
 

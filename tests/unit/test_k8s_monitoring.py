@@ -24,7 +24,7 @@ from dcnios.deploy.monitoring import (
     saturation_query,
     scrape_configs,
 )
-from dcnios.metrics import ConsumerMetrics, ProducerMetrics, serve_metrics
+from dcnios.metrics import ConsumerMetrics, ProducerMetrics, WorkflowMetrics, serve_metrics
 from dcnios.spec import parse_spec
 
 METRIC = re.compile(r"\b(dcnios_[a-z0-9_]+)\b")
@@ -45,7 +45,11 @@ def exposed_names(registry: CollectorRegistry) -> set[str]:
 
 
 def test_every_metric_the_queries_name_is_exposed_by_the_code() -> None:
-    known = exposed_names(ProducerMetrics().registry) | exposed_names(ConsumerMetrics().registry)
+    known = (
+        exposed_names(ProducerMetrics().registry)
+        | exposed_names(ConsumerMetrics().registry)
+        | exposed_names(WorkflowMetrics().registry)
+    )
     named = {name for q in all_queries() for name in METRIC.findall(q)}
     assert named - known == set()
     # The dashboard covers what the issue lists, per source and per consumer.
@@ -82,7 +86,7 @@ def test_dashboard_has_every_panel_once_with_its_queries() -> None:
         assert [t["expr"] for t in panel["targets"]] == [q.expr for q in spec.queries]
         assert panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
     names = [v["name"] for v in board["templating"]["list"]]
-    assert names == ["datasource", "source", "consumer"]
+    assert names == ["datasource", "source", "consumer", "workflow"]
     assert not any("$" in q for q in dashboard_queries())  # every variable substituted
 
 
@@ -231,6 +235,19 @@ def _cases() -> list[dict[str, Any]]:
                 _series("dcnios_consumer_jobs_total", {**b, "state": "Succeeded"}, "0 5 10 15 20"),
             ],
             [a],
+        ),
+        _case(
+            "DcniosWorkflowRunsFailing",
+            "4m",
+            [
+                _series(
+                    "dcnios_workflow_runs_ended_total", {"workflow": "w", "state": "failed"}, "0 0 1 1 1"
+                ),
+                _series(
+                    "dcnios_workflow_runs_ended_total", {"workflow": "v", "state": "succeeded"}, "0 4 8 12"
+                ),
+            ],
+            [{"workflow": "w"}],
         ),
         _case(
             "DcniosConsumerDown",
