@@ -71,7 +71,7 @@ from dcnios.kafka import (
     truncated,
 )
 from dcnios.metrics import WorkflowMetrics
-from dcnios.spec import PipelineSpec, WorkflowSpec
+from dcnios.spec import PipelineSpec, SourceSpec, WorkflowSpec
 from dcnios.storage_event import StorageEvent, dedup_key
 from dcnios.topics import TopicPlan, runs_topic
 
@@ -176,7 +176,9 @@ class Orchestrator:
         if any(self.graph.children.values()) and self._lister is None:
             storage = self.workflow.storage
             assert storage is not None, "the spec requires storage when a step has children"
-            self._lister = OutputLister(self.spec.source(storage))
+            source = self.spec.source(storage)
+            assert isinstance(source, SourceSpec), "the spec requires a dcache storage source"
+            self._lister = OutputLister(source)
         if problems:
             raise ConfigError([ConfigProblem("", p) for p in problems])
 

@@ -866,6 +866,7 @@ class PipelineSpec:
     def _workflows(self) -> Problems:
         consumers = {c.name: c for c in self.consumers}
         sources = {s.name for s in self.sources}
+        dcache = {s.name for s in self.dcache_sources}
         sandbox = self.sandbox.oscar if self.sandbox is not None else None
         services = {s.name for s in sandbox.services} if sandbox is not None else None
         for i, workflow in enumerate(self.workflows):
@@ -882,6 +883,12 @@ class PipelineSpec:
                 )
             if workflow.storage is not None and workflow.storage not in sources:
                 yield f"{at}.storage", f"no source named {workflow.storage!r}"
+            elif workflow.storage is not None and workflow.storage not in dcache:
+                yield (
+                    f"{at}.storage",
+                    f"source {workflow.storage!r} is not a dcache source: outputs are listed through "
+                    "dCache's namespace API",
+                )
             chained = [j for j, s in enumerate(workflow.steps) if s.after]
             if chained and workflow.storage is None:
                 yield (

@@ -108,6 +108,18 @@ def test_references_outside_the_graph() -> None:
     )
 
 
+def test_outputs_are_listed_through_a_dcache_source_only() -> None:
+    text = GOOD.replace("storage: in", "storage: bucket").replace(
+        "consumers:",
+        "  - {name: bucket, type: s3-notifications, format: minio, topic: s3ev,\n"
+        "     webhook: {port: 8470}}\nconsumers:",
+    )
+    found = problems(text)
+    assert any(p.startswith("workflows[0].storage: source 'bucket' is not a dcache source") for p in found), (
+        found
+    )
+
+
 @pytest.mark.parametrize(
     ("a", "b", "overlap"),
     [
