@@ -317,3 +317,17 @@ def test_tail_shows_an_s3_record_with_its_notification_as_text() -> None:
     assert shown["value"]["original"] == '{"Records":[]}' and shown["value"]["kind"] == "s3"
     dcache = tail_json(Msg(DCACHE), CODEC)  # type: ignore[arg-type]
     assert list(dcache["value"]) == list(V1_FIELDS)
+
+
+def test_an_sns_envelope_is_opened() -> None:
+    inner = json.dumps({"Records": [record(key="in/x+1")]})
+    envelope = {
+        "Type": "Notification",
+        "MessageId": "m",
+        "TopicArn": "arn:aws:sns:eu-west-1:1:t",
+        "Message": inner,
+    }
+    event = one(envelope)
+    assert event.object_key == "in/x 1" and event.original == inner.encode()
+    test = {"Type": "Notification", "Message": AWS_TEST_EVENT.decode()}
+    assert translate(delivery(test), source="s", fmt="aws") == Skipped("s3:TestEvent")
