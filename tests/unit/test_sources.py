@@ -331,3 +331,21 @@ def test_an_sns_envelope_is_opened() -> None:
     assert event.object_key == "in/x 1" and event.original == inner.encode()
     test = {"Type": "Notification", "Message": AWS_TEST_EVENT.decode()}
     assert translate(delivery(test), source="s", fmt="aws") == Skipped("s3:TestEvent")
+
+
+def test_a_native_consumer_of_a_dcache_topic_still_needs_the_input_path_with_a_token() -> None:
+    text = """\
+sources:
+  - {name: in, endpoint: "https://d:3880/api/v1", paths: [/data/in], topic: dcache.events}
+consumers:
+  - {name: c, topic: dcache.events, oscar: {endpoint: "https://o", service: s, token: t}}
+"""
+    assert problems(text) == [
+        "consumers[0].oscar.input_path: needed for payload: native on a topic a dcache source writes, "
+        "with a service token (the service's webdav input path), or give username/password to read it "
+        "from the service (line 4)"
+    ]
+    assert problems(text.replace("token: t}", "token: t}, payload: dcache")) == [
+        "consumers[0].oscar.input_path: needed for payload: dcache with a service token (the service's "
+        "webdav input path), or give username/password to read it from the service (line 4)"
+    ]
