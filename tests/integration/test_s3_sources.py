@@ -23,6 +23,7 @@ from s3_harness import ceph_body, minio_body
 
 from dcnios.codec import StorageEventCodec
 from dcnios.consumers.replay import replay_window
+from dcnios.doctor import diagnose
 from dcnios.kafka import ensure_topics
 from dcnios.metrics import ProducerMetrics
 from dcnios.producers.relay import RelayRunner
@@ -47,7 +48,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def s3_spec(tmp_path: Path, bootstrap: str, prefix: str, source: str, consumer: str = "") -> PipelineSpec:
+def s3_spec(
+    tmp_path: Path, bootstrap: str, prefix: str, source: str, consumer: str = "", *, create: bool = True
+) -> PipelineSpec:
     text = f"""\
 kafka:
   bootstrap_servers: "{bootstrap}"
@@ -62,7 +65,8 @@ sources:
     path = tmp_path / f"{prefix}.yaml"
     path.write_text(text)
     spec = load_spec(path, env={"HOOK_TOKEN": "s3cr3t-token"})
-    ensure_topics(spec.kafka, topic_plan(spec))
+    if create:
+        ensure_topics(spec.kafka, topic_plan(spec))
     return spec
 
 
@@ -356,3 +360,19 @@ def translate_minio(body: bytes) -> tuple[StorageEvent, ...]:
     out = translate(Delivery(body, "test", received_ms=1), source="s3in", fmt="minio")
     assert isinstance(out, Events)
     return out.events
+
+
+def test_doctor_checks_the_sqs_queue(
+    tmp_path: Path, unique: Callable[[str], str], aws: dict[str, Any]
+) -> None:
+    queue = (
+        f"    format: aws\n    sqs: {{queue_url: 'QUEUE', endpoint: '{aws['endpoint']}', region: us-east-1}}"
+    )
+    good = s3_spec(tmp_path, "127.0.0.1:9", unique("doc"), queue.replace("QUEUE", aws["queue"]), create=False)
+    (finding,) = diagnose(good)
+    assert finding.level == "ok" and aws["queue"] in finding.message
+    bad = s3_spec(
+        tmp_path, "127.0.0.1:9", unique("doc"), queue.replace("QUEUE", aws["queue"] + "-gone"), create=False
+    )
+    (finding,) = diagnose(bad)
+    assert finding.level == "fail" and "does not answer" in finding.message and "queue policy" in finding.fix
