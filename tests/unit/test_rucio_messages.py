@@ -19,10 +19,10 @@ TRANSFER_DONE = {
     "activity": "User Subscriptions",
     "request-id": "b2f1",
     "scope": "user.alice",
-    "name": "run42/frame 7.h5",
+    "name": "run42/frame7.h5",
     "src-rse": "DESY-DCACHE",
     "dst-rse": "CERN-EOS",
-    "dst-url": "davs://eos.cern.ch/run42/frame%207.h5",
+    "dst-url": "davs://eos.cern.ch/run42/frame7.h5",
     "file-size": 2048,
     "checksum-adler": "0a1b2c3d",
 }
@@ -34,9 +34,7 @@ ALL_TYPES = RucioFilter(event_types=("close", "transfer-done", "datasetlock_ok",
     ("event_type", "payload", "did", "rse"),
     [
         pytest.param("close", CLOSE, "user.alice:run42.dataset", None, id="close"),
-        pytest.param(
-            "transfer-done", TRANSFER_DONE, "user.alice:run42/frame 7.h5", "CERN-EOS", id="transfer"
-        ),
+        pytest.param("transfer-done", TRANSFER_DONE, "user.alice:run42/frame7.h5", "CERN-EOS", id="transfer"),
         pytest.param("datasetlock_ok", DATASETLOCK_OK, "user.alice:ds", "DESY-DCACHE", id="datasetlock"),
         pytest.param("rule_ok", {"scope": "s", "name": "n", "rule_id": "r"}, "s:n", None, id="rule_ok"),
     ],
