@@ -23,7 +23,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from dcnios.errors import OscarError
+from dcnios.errors import NoDCacheInputError, OscarError
 from dcnios.http import TrustedSession
 from dcnios.spec import OscarSpec
 
@@ -282,7 +282,7 @@ class OscarInvoker:
             return self.spec.input_path
         found = service_input(self.service_definition())
         if found is None:
-            raise OscarError(
+            raise NoDCacheInputError(
                 f"OSCAR service {self.spec.service} has no webdav.dcache input, so its supervisor "
                 "cannot stage dCache files: add `input: [{storage_provider: webdav.dcache, path: "
                 "<dir>}]` to its FDL, set oscar.input_path, or use payload: record"

@@ -12,13 +12,26 @@ import hashlib
 import logging
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from confluent_kafka import Message
+
+from dcnios.codec import StorageEventCodec
 from dcnios.consumers.jobs import JobEnd, job_name
 from dcnios.consumers.oscar import Attempt
+from dcnios.errors import CodecError, NoDCacheInputError
 from dcnios.spec import ConsumerSpec
-from dcnios.storage_event import StorageEvent, dcache_envelope, dedup_key, record_json
+from dcnios.storage_event import (
+    KIND_DCACHE,
+    KIND_RAW,
+    StorageEvent,
+    dcache_envelope,
+    dedup_key,
+    now_millis,
+    record_json,
+)
 
 __all__ = [
     "DeadLetter",
@@ -29,8 +42,10 @@ __all__ = [
     "Prepared",
     "Progress",
     "RecordPolicy",
+    "RecordReader",
     "Retry",
     "body_for",
+    "input_path_for",
     "staged_name",
     "traceparent_for",
     "unstageable_reason",
@@ -152,16 +167,79 @@ def unstageable_reason(path: str, input_path: str, *, nested: bool = False) -> s
 def body_for(
     event: StorageEvent, payload: str, input_path: str | None, *, nested: bool = False
 ) -> bytes | None:
-    """The OSCAR request body; None when a ``dcache`` body cannot name a stageable file.
+    """The OSCAR request body; None when a dCache envelope cannot name a stageable file.
 
-    ``dcache``: the dCache envelope with ``event.name`` relative to ``input_path`` (byte-exact
-    for a file directly in it); ``record``: the whole record as JSON.
+    For a dCache record, ``native`` and ``dcache``: the dCache envelope with ``event.name``
+    relative to ``input_path`` (byte-exact for a file directly in it). For every other kind,
+    ``native`` and ``raw``: the notification as it came (``original``: S3's ``Records[]`` JSON,
+    Ceph's translated by the producer, the Rucio message, a raw topic's value). ``record``: the
+    whole record as JSON. ``RecordPolicy.prepare`` refuses the combinations that have no body.
     """
     if payload == "record":
         return record_json(event)
-    assert input_path is not None, "payload: dcache needs the service's input path"
+    if event.kind != KIND_DCACHE:
+        return event.original
+    assert input_path is not None, "a dCache envelope needs the service's input path"
     name = staged_name(event.path, input_path, nested=nested)
     return None if name is None else dcache_envelope(event, name=name)
+
+
+def input_path_for(cs: ConsumerSpec, fetch: Callable[[], str | None]) -> str | None:
+    """The service's input path, when the consumer's payload may need it.
+
+    ``dcache``: always (``fetch`` raises when there is none). ``native``: when it can be known
+    (given, or read with credentials) and the service has a webdav.dcache input; otherwise None,
+    and dCache records, if any come, are dead-lettered with the reason (``prepare``).
+    """
+    if not cs.dcache_bodies:
+        return None
+    if cs.payload == "native":
+        if cs.needs_input_path_without_it:
+            return None
+        try:
+            return fetch()
+        except NoDCacheInputError as exc:
+            logger.info("%s: %s; dCache records on %s will be dead-lettered", cs.name, exc, cs.topic)
+            return None
+    return fetch()
+
+
+class RecordReader:
+    """A Kafka record → its StorageEvent, for the consumer, ``replay`` and ``dlq replay`` alike.
+
+    ``payload: raw`` reads a topic that other systems fill: nothing is decoded, the value is the
+    body (``original``), the key (else the record's place) the path, and the place the dedup key.
+    """
+
+    def __init__(self, cs: ConsumerSpec, codec: StorageEventCodec) -> None:
+        self.cs = cs
+        self.codec = codec
+        self.raw = cs.payload == "raw"
+
+    def read(self, msg: Message) -> StorageEvent:
+        """Raises CodecError for a record that is not one (poison: the DLQ)."""
+        if not self.raw:
+            return self.codec.decode(msg.value(), msg.headers(), self.cs.topic)
+        value = msg.value()
+        if value is None:
+            raise CodecError("empty value (tombstone): nothing to send")
+        topic, partition, offset = msg.topic() or self.cs.topic, msg.partition() or 0, msg.offset() or 0
+        key = msg.key()
+        kind, written_ms = msg.timestamp()
+        return StorageEvent(
+            source=topic,
+            path=key.decode("utf-8", "replace") if key else f"{topic}[{partition}]@{offset}",
+            name=None,
+            mask=(),
+            cookie=None,
+            is_dir=False,
+            channel=f"{topic}[{partition}]",
+            event_id=offset,
+            subscription="",
+            observed_at=written_ms if kind != 0 else now_millis(),
+            kind=KIND_RAW,
+            original=value,
+        )
 
 
 class RecordPolicy:
@@ -176,8 +254,25 @@ class RecordPolicy:
         self.generation = generation
 
     def prepare(self, event: StorageEvent) -> Prepared | DeadLetter:
+        payload = self.cs.payload
+        if event.kind != KIND_DCACHE and payload != "record":
+            if payload == "dcache":
+                return DeadLetter(
+                    "config", f"payload: dcache sends dCache records only; this is a {event.kind} record"
+                )
+            if event.original is None:
+                return DeadLetter("config", f"a {event.kind} record without its original notification")
+            return Prepared(event, event.original)
+        if event.kind == KIND_DCACHE and payload == "raw":
+            return DeadLetter("config", "payload: raw on a topic of dcnios records; use payload: native")
+        if payload != "record" and self.input_path is None:
+            return DeadLetter(
+                "config",
+                f"{event.path}: a dCache record needs the OSCAR service's webdav.dcache input path "
+                "(oscar.input_path, or username/password to read it from the service)",
+            )
         nested = self.cs.oscar.nested_names
-        body = body_for(event, self.cs.payload, self.input_path, nested=nested)
+        body = body_for(event, payload, self.input_path, nested=nested)
         if body is None:
             assert self.input_path is not None
             return DeadLetter("unstageable", unstageable_reason(event.path, self.input_path, nested=nested))

@@ -28,7 +28,7 @@ from dcnios.consumers.driver import RecordDriver
 from dcnios.consumers.jobs import JobWatch, PendingJobsGate
 from dcnios.consumers.oscar import OscarInvoker
 from dcnios.consumers.ratelimit import RateLimiter
-from dcnios.consumers.record import DeadLetter, Decision, Done, RecordPolicy
+from dcnios.consumers.record import DeadLetter, Decision, Done, RecordPolicy, RecordReader, input_path_for
 from dcnios.errors import CodecError, KafkaError
 from dcnios.kafka import consumer_config
 from dcnios.spec import ConsumerSpec, PipelineSpec, glob_match
@@ -71,7 +71,7 @@ class Replayer:
         self.generation = generation if generation is not None else time.time_ns()
         self.policy = RecordPolicy(
             cs,
-            input_path=self.invoker.input_path() if cs.payload == "dcache" else None,
+            input_path=input_path_for(cs, self.invoker.input_path),
             tracking=cs.oscar.tracking,
             generation=self.generation,
         )
@@ -182,7 +182,7 @@ def _drive(
     result: ReplayResult,
     invoker: OscarInvoker | None,
 ) -> None:
-    codec = StorageEventCodec(spec.kafka.schema_registry)
+    reader = RecordReader(cs, StorageEventCodec(spec.kafka.schema_registry))
     replayer = Replayer(cs, invoker)
     result.generation = replayer.generation
     seen = DedupWindow(float("inf"))
@@ -209,7 +209,7 @@ def _drive(
             result.scanned += 1
             if progress is not None:
                 progress(result.scanned, total)
-            job = _select(msg, cs=cs, codec=codec, path_glob=path_glob, seen=seen, result=result)
+            job = _select(msg, cs=cs, reader=reader, path_glob=path_glob, seen=seen, result=result)
             if job is None:
                 continue
             # The driver makes ``concurrency`` calls at a time; this bounds what waits for one.
@@ -247,19 +247,19 @@ def _select(
     msg: Message,
     *,
     cs: ConsumerSpec,
-    codec: StorageEventCodec,
+    reader: RecordReader,
     path_glob: str | None,
     seen: DedupWindow,
     result: ReplayResult,
 ) -> StorageEvent | None:
     where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
     try:
-        event = codec.decode(msg.value(), msg.headers(), cs.topic)
+        event = reader.read(msg)
     except CodecError as exc:
         logger.warning("%s: poison record skipped (%s)", where, exc)
         result.poison += 1
         return None
-    if not cs.filter.accepts(event.path, event.mask) or (
+    if not cs.filter.accepts(event.path, event.mask, event.event_name) or (
         path_glob is not None and not glob_match(path_glob, event.path)
     ):
         result.filtered += 1

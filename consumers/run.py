@@ -38,7 +38,17 @@ from dcnios.consumers.jobs import JobEnd, JobWatch, PendingJobsGate
 from dcnios.consumers.oscar import Attempt, OscarInvoker, OscarUnreachableError
 from dcnios.consumers.ownership import TP, Ownership
 from dcnios.consumers.ratelimit import RateLimiter, member_share
-from dcnios.consumers.record import DeadLetter, Decision, Done, Follow, Prepared, Progress, RecordPolicy
+from dcnios.consumers.record import (
+    DeadLetter,
+    Decision,
+    Done,
+    Follow,
+    Prepared,
+    Progress,
+    RecordPolicy,
+    RecordReader,
+    input_path_for,
+)
 from dcnios.consumers.tracking import OffsetTracker
 from dcnios.control import ControlFollower, ControlState
 from dcnios.errors import CodecError, DcniosError, KafkaError, OscarError
@@ -102,6 +112,7 @@ class ConsumerRunner:
         self.metrics = metrics or ConsumerMetrics()
         self.invoker = invoker or OscarInvoker(consumer.oscar, consumer.concurrency)
         self.codec = StorageEventCodec(spec.kafka.schema_registry)
+        self.reader = RecordReader(consumer, self.codec)
         self.tracker = OffsetTracker()
         self.ownership = Ownership()
         self.dedup = DedupWindow(consumer.dedup_window)
@@ -168,7 +179,7 @@ class ConsumerRunner:
     def run(self) -> None:
         threading.Thread(target=self._follow_caller_stop, daemon=True, name="stop").start()
         prepare_internal_topics(self.spec.kafka, plans_named(self.spec, control_topic(self.spec.kafka)))
-        input_path = self._input_path() if self.cs.payload == "dcache" else None
+        input_path = input_path_for(self.cs, self._input_path)
         if self.stop.is_set():
             return
         self.policy = RecordPolicy(self.cs, input_path=input_path, tracking=self.tracking)
@@ -344,7 +355,7 @@ class ConsumerRunner:
         if kind != 0:  # 0: the record has no timestamp
             self._m["fetch_delay"].observe(max(0.0, time.time() - written_ms / 1000))
         try:
-            event = self.codec.decode(msg.value(), msg.headers(), topic)
+            event = self.reader.read(msg)
         except CodecError as exc:
             logger.error("%s: poison record %s[%d]@%d: %s", self.cs.name, topic, partition, offset, exc)
             self._spawn(
@@ -359,7 +370,7 @@ class ConsumerRunner:
                 )
             )
             return
-        if not self.cs.filter.accepts(event.path, event.mask):
+        if not self.cs.filter.accepts(event.path, event.mask, event.event_name):
             self._skip(msg, generation, "filtered")
             return
         if self.dedup.finished(dedup_key(event)):

@@ -4,6 +4,13 @@
   ``dcnios.StorageEvent@<CRC-64-AVRO fingerprint hex>`` so a reader can pick the writer schema.
 * Confluent (``kafka.schema_registry`` set): magic byte + schema id + datum, through
   confluent_kafka.schema_registry, subject ``<topic>-value``.
+
+Schema versions: ``storage_event.avsc`` is the current schema (v2, with the fields every source
+kind needs, appended with defaults); ``storage_event.v1.avsc`` is the dCache-only v1, frozen. In
+plain mode an event that leaves every v2 field at its default (every dCache event) is written
+with v1, byte for byte and header for header as before: a reader deployed before v2 keeps
+reading dCache records, and the producer's hot path keeps its cost. Every shipped version is a
+known writer, so a new reader reads records written before the upgrade.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ SCHEMA_HEADER: Final = "dcnios-schema"
 _EVENT_FIELDS: Final = frozenset(f.name for f in dataclasses.fields(StorageEvent))
 Headers = Sequence[tuple[str, bytes | str | None]] | dict[str, str | bytes | None]
 _CONFLUENT_MAGIC: Final = 0
+#: Earlier schema versions shipped in dcnios.schemas, oldest first.
+HISTORIC_SCHEMAS: Final = ("storage_event.v1.avsc",)
 
 
 def load_schema(name: str = "storage_event.avsc") -> dict[str, Any]:
@@ -75,6 +84,7 @@ class StorageEventCodec:
     """Encodes and decodes StorageEvent values, in the plain or the Confluent wire format."""
 
     def __init__(self, registry: RegistrySpec | None = None, schema: dict[str, Any] | None = None) -> None:
+        shipped = schema is None
         self.schema = schema if schema is not None else load_schema()
         self._parsed = _parse(self.schema)
         # fastavro stays the decoder, and the encoder for a schema the compiler does not handle.
@@ -84,6 +94,15 @@ class StorageEventCodec:
         self.fingerprint = schema_fingerprint(self.schema)
         self._header: tuple[str, str | bytes | None] = (SCHEMA_HEADER, self.fingerprint.encode())
         self._writers: dict[str, Any] = {self.fingerprint: self._parsed}
+        # The shipped schema writes a dCache-only event with v1 (see the module doc).
+        self._v1: Any = None
+        self._v1_header: tuple[str, str | bytes | None] = self._header
+        if shipped:
+            for name in HISTORIC_SCHEMAS:
+                self.register_writer(load_schema(name))
+            v1 = load_schema(HISTORIC_SCHEMAS[0])
+            self._v1 = compile_writer(_parse(v1), attributes=True)
+            self._v1_header = (SCHEMA_HEADER, schema_fingerprint(v1).encode())
         self._registry_spec = registry
         self._lock = threading.Lock()
         self._client: Any = None
@@ -108,6 +127,8 @@ class StorageEventCodec:
 
             value = self._confluent_serializer()(event, SerializationContext(topic, MessageField.VALUE))
             return value, []
+        if self._v1 is not None and not event.extended:
+            return self._v1(event), [self._v1_header]
         if self._compiled is not None:
             datum: Any = event if self._compiled_takes_event else event.to_avro()
             return self._compiled(datum), [self._header]

@@ -33,7 +33,7 @@ class Finding:
 
 
 def diagnose(spec: PipelineSpec) -> Iterator[Finding]:
-    for source in spec.sources:
+    for source in spec.dcache_sources:
         yield from _source(source)
     for consumer in spec.consumers:
         yield from _consumer(spec, consumer)
@@ -96,7 +96,7 @@ def _consumer(spec: PipelineSpec, cs: ConsumerSpec) -> Iterator[Finding]:
             return
         yield Finding("ok", subject, f"service {oscar.service} exists and the credentials are accepted")
     yield from _token(invoker, subject)
-    if cs.payload == "dcache":
+    if cs.payload == "dcache" or (cs.payload == "native" and "dcache" in spec.topic_kinds(cs.topic)):
         yield from _input(spec, cs, definition, subject)
     if oscar.tracking or oscar.max_pending_jobs:
         yield from _listing(invoker, cs, subject)
@@ -196,7 +196,7 @@ def _input(
         return
     yield Finding("ok", subject, f"the service stages dCache files from {input_path}")
     nested = cs.oscar.nested_names
-    for source in spec.sources:
+    for source in spec.dcache_sources:
         if cs.topic not in {source.topic, *(r.topic for r in source.routes)}:
             continue
         for path in source.paths:

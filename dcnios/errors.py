@@ -37,6 +37,7 @@ __all__ = [
     "ExtraMissingError",
     "KafkaError",
     "NiFiError",
+    "NoDCacheInputError",
     "OscarError",
     "RemoteError",
     "SchemaError",
@@ -126,6 +127,10 @@ class ChannelGoneError(DCacheError):
 
 class OscarError(RemoteError):
     """The OSCAR API refused or failed a request."""
+
+
+class NoDCacheInputError(OscarError):
+    """The OSCAR service has no webdav.dcache input, so its supervisor cannot stage dCache files."""
 
 
 class NiFiError(RemoteError):

@@ -114,9 +114,22 @@ class ProducerMetrics:
             ["source"],
             registry=r,
         )
+        self.upstream_messages = Counter(
+            "dcnios_producer_upstream_messages",
+            "messages of a relayed source (S3 notifications, Rucio) by outcome once settled upstream: "
+            "published, skipped, invalid (to <topic>.invalid), released (not written; redelivered)",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.upstream_ack_time = Gauge(
+            "dcnios_producer_upstream_ack_timestamp_seconds",
+            "when a relayed source last acknowledged messages upstream (after Kafka's ack)",
+            ["source"],
+            registry=r,
+        )
         self.ack_latency = Histogram(
             "dcnios_producer_event_ack_seconds",
-            "SSE frame read -> record acknowledged",
+            "SSE frame read (or upstream message received) -> record acknowledged",
             ["source"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,

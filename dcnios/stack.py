@@ -28,7 +28,7 @@ from dcnios.broker import EMBEDDED_CONSUMER_SETTINGS, EmbeddedBroker
 from dcnios.errors import ConfigError
 from dcnios.kafka import ensure_topics
 from dcnios.metrics import ConsumerMetrics, ProducerMetrics
-from dcnios.spec import ConsumerSpec, PipelineSpec, SourceSpec
+from dcnios.spec import AnySourceSpec, ConsumerSpec, PipelineSpec
 from dcnios.topics import topic_plan
 
 __all__ = ["ComponentState", "Stack"]
@@ -300,10 +300,15 @@ class Stack:
             self.spec, consumer, stop=stop, metrics=self.consumer_metrics, extra_config=extra
         )
 
-    def _source_runner(self, source: SourceSpec, stop: threading.Event) -> _Runner:
-        from dcnios.producers.run import SourceRunner
+    def _source_runner(self, source: AnySourceSpec, stop: threading.Event) -> _Runner:
+        from dcnios.producers.sources import runner_for
 
-        return SourceRunner(self.spec, source, stop=stop, metrics=self.producer_metrics)
+        embedded = EMBEDDED_CONSUMER_SETTINGS if self.broker is not None else {}
+        given = self.spec.kafka.librdkafka
+        settings = {k: v for k, v in embedded.items() if k not in given}
+        return runner_for(
+            self.spec, source, stop=stop, metrics=self.producer_metrics, consumer_settings=settings
+        )
 
     def _start_runners(self) -> None:
         spec = self.spec

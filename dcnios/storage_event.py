@@ -1,7 +1,15 @@
-"""The StorageEvent record: one dCache event, parsed once, carried as one typed object.
+"""The StorageEvent record: one storage event, parsed once, carried as one typed object.
+
+One record type for every kind of source (``kind``): dCache (SSE), S3 bucket notifications
+(MinIO, Ceph RGW, AWS via SQS), Rucio (Hermes over STOMP), and raw records of an existing topic.
+The first twelve fields are the dCache record of schema v1; the rest were appended with defaults
+(schemas/storage_event.avsc), and a dCache event leaves them at their defaults, so the codec writes
+it with the v1 schema, byte for byte as before (old readers keep working).
 
 The dCache envelope (``{"event":{...},"subscription":"..."}``) is rebuilt here and only here,
-for the consumer's ``dcache`` payload and the NiFi recipe tests alike.
+for the consumer's ``dcache`` payload and the NiFi recipe tests alike. Other kinds keep the
+notification's own bytes (``original``), which the consumer's ``payload: native`` hands on
+unchanged (consumers/record.py).
 """
 
 from __future__ import annotations
@@ -12,7 +20,27 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-__all__ = ["StorageEvent", "dcache_envelope", "dedup_key", "now_millis", "record_json"]
+__all__ = [
+    "KINDS",
+    "KIND_DCACHE",
+    "KIND_RAW",
+    "KIND_RUCIO",
+    "KIND_S3",
+    "V1_FIELDS",
+    "StorageEvent",
+    "dcache_envelope",
+    "dedup_key",
+    "now_millis",
+    "record_json",
+]
+
+#: ``StorageEvent.kind``: what sort of source produced the event.
+KIND_DCACHE: Final = "dcache"
+KIND_S3: Final = "s3"
+KIND_RUCIO: Final = "rucio"
+#: A record of an existing topic read with ``payload: raw``: never written, built by the consumer.
+KIND_RAW: Final = "raw"
+KINDS: Final = (KIND_DCACHE, KIND_S3, KIND_RUCIO, KIND_RAW)
 
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -39,6 +67,37 @@ class StorageEvent:
     observed_at: int
     synthetic: bool = False
     gap: str | None = None
+    # -- appended in schema v2; dCache events leave them all at their defaults ------------------
+    kind: str = KIND_DCACHE
+    event_name: str | None = None
+    bucket: str | None = None
+    object_key: str | None = None
+    size: int | None = None
+    etag: str | None = None
+    version_id: str | None = None
+    sequencer: str | None = None
+    scope: str | None = None
+    did_name: str | None = None
+    rse: str | None = None
+    original: bytes | None = None
+
+    @property
+    def extended(self) -> bool:
+        """Whether any field appended in schema v2 differs from its default (v1 cannot carry it)."""
+        return (
+            self.kind != KIND_DCACHE
+            or self.original is not None
+            or self.event_name is not None
+            or self.bucket is not None
+            or self.object_key is not None
+            or self.size is not None
+            or self.etag is not None
+            or self.version_id is not None
+            or self.sequencer is not None
+            or self.scope is not None
+            or self.did_name is not None
+            or self.rse is not None
+        )
 
     def to_avro(self) -> dict[str, Any]:
         # Written out rather than dataclasses.asdict(): asdict deep-copies, and this is the hot path.
@@ -55,6 +114,18 @@ class StorageEvent:
             "observed_at": self.observed_at,
             "synthetic": self.synthetic,
             "gap": self.gap,
+            "kind": self.kind,
+            "event_name": self.event_name,
+            "bucket": self.bucket,
+            "object_key": self.object_key,
+            "size": self.size,
+            "etag": self.etag,
+            "version_id": self.version_id,
+            "sequencer": self.sequencer,
+            "scope": self.scope,
+            "did_name": self.did_name,
+            "rse": self.rse,
+            "original": self.original,
         }
 
     @classmethod
@@ -75,11 +146,24 @@ class StorageEvent:
             observed_at=observed,
             synthetic=datum.get("synthetic", False),
             gap=datum.get("gap"),
+            kind=datum.get("kind", KIND_DCACHE),
+            event_name=datum.get("event_name"),
+            bucket=datum.get("bucket"),
+            object_key=datum.get("object_key"),
+            size=datum.get("size"),
+            etag=datum.get("etag"),
+            version_id=datum.get("version_id"),
+            sequencer=datum.get("sequencer"),
+            scope=datum.get("scope"),
+            did_name=datum.get("did_name"),
+            rse=datum.get("rse"),
+            original=datum.get("original"),
         )
 
     @property
     def key(self) -> bytes:
-        """The Kafka key: the UTF-8 full path, so one file's events stay in one partition."""
+        """The Kafka key: the UTF-8 full path (``/dir/file``, ``bucket/key``, ``scope:name``), so
+        one object's events stay in one partition."""
         return self.path.encode("utf-8")
 
 
@@ -101,15 +185,36 @@ def _jackson_string(text: str) -> str:
     return "".join(out)
 
 
+#: The fields of schema v1 (the dCache record), in schema order.
+V1_FIELDS: Final = (
+    "source",
+    "path",
+    "name",
+    "mask",
+    "cookie",
+    "is_dir",
+    "channel",
+    "event_id",
+    "subscription",
+    "observed_at",
+    "synthetic",
+    "gap",
+)
+
+
 def record_json(event: StorageEvent) -> bytes:
     """The record as compact JSON in schema field order, nulls kept, strings escaped as Jackson does.
 
-    This is what NiFi's JsonRecordSetWriter writes for the same Avro record, so the NiFi recipe
-    and ``dcnios-consumer`` send the same bytes in ``payload: record`` mode.
+    A dCache event gives the v1 fields only: what NiFi's JsonRecordSetWriter writes for the same
+    (v1) Avro record, so the NiFi recipe and ``dcnios-consumer`` send the same bytes in
+    ``payload: record`` mode. Other kinds add the v2 fields but ``original`` (the native body,
+    which is what ``payload: native`` sends).
     """
     parts = []
-    for key, value in event.to_avro().items():
-        parts.append(f'"{key}":{_jackson_value(value)}')
+    datum = event.to_avro()
+    keys = V1_FIELDS if not event.extended else [k for k in datum if k != "original"]
+    for key in keys:
+        parts.append(f'"{key}":{_jackson_value(datum[key])}')
     return ("{" + ",".join(parts) + "}").encode("utf-8")
 
 
@@ -145,7 +250,26 @@ def dcache_envelope(event: StorageEvent, name: str | None = None) -> bytes:
 
 
 def dedup_key(event: StorageEvent) -> str:
-    """Identity of one event across producer replays: (channel, event_id), else the file itself."""
+    """Identity of one event across replays, redeliveries and duplicate notifications.
+
+    * dCache: (channel, event_id), else (source, path, mask) for a synthetic event.
+    * S3: the object and the event: (bucket, key, event name) and its ``sequencer``, which S3,
+      MinIO and RGW give every event of one key in increasing order; without one, the ``versionId``
+      (unique per version in a versioned bucket), else the ``eTag`` (same content, same event).
+    * raw: the record's place in its topic (``channel`` = ``topic[partition]``, ``event_id`` =
+      offset), since nothing in a foreign value is known to identify it.
+    * Rucio and anything else: the notification's own bytes, so one message sent twice is one
+      event and two messages are two.
+    """
+    kind = event.kind
+    if kind == KIND_S3:
+        mark = event.sequencer or (f"v:{event.version_id}" if event.version_id else f"e:{event.etag or ''}")
+        return f"s3#{event.bucket}/{event.object_key}#{event.event_name}#{mark}"
+    if kind == KIND_RAW:
+        return f"raw#{event.channel}#{event.event_id}"  # topic[partition], offset
+    if kind != KIND_DCACHE:
+        digest = hashlib.blake2b(event.original or event.path.encode(), digest_size=16)
+        return f"{kind}#{event.source}#{digest.hexdigest()}"
     if event.event_id is not None:
         return f"{event.channel}#{event.event_id}"
     digest = hashlib.blake2b(f"{event.source}\0{event.path}\0{','.join(event.mask)}".encode(), digest_size=12)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from dcnios.spec import KafkaSpec, PipelineSpec
+from dcnios.spec import KafkaSpec, PipelineSpec, S3NotificationsSourceSpec, SourceSpec
 
 __all__ = [
     "TopicPlan",
@@ -84,8 +84,11 @@ def topic_plan(spec: PipelineSpec) -> list[TopicPlan]:
         for j, route in enumerate(source.routes):
             purpose = f"events of source {source.name} matching {route.match}"
             add(route.topic, f"{at}.routes[{j}].topic", purpose, config=plain)
-        add(invalid_topic(source.topic), f"{at}.topic", f"invalid frames of source {source.name}", 1, plain)
-        if source.reconcile:
+        add(invalid_topic(source.topic), f"{at}.topic", f"invalid input of source {source.name}", 1, plain)
+        if isinstance(source, S3NotificationsSourceSpec) and source.kafka is not None:
+            purpose = f"notifications the object store writes for source {source.name}"
+            add(source.kafka.topic, f"{at}.kafka.topic", purpose, config=plain)
+        if isinstance(source, SourceSpec) and source.reconcile:
             purpose = f"files published by source {source.name} (compacted)"
             add(published_topic(k, source.name), prefix, purpose, 1)
     for i, consumer in enumerate(spec.consumers):

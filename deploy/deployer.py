@@ -565,7 +565,7 @@ def _release(version: str) -> tuple[int, int]:
 
 def spec_input_path(consumer: ConsumerSpec) -> str | None:
     """The service's input directory for ``payload: dcache``: the spec's, else the service's own."""
-    if consumer.payload != "dcache":
+    if not consumer.dcache_bodies:
         return None
     if consumer.oscar.input_path is not None:
         return consumer.oscar.input_path

@@ -195,7 +195,9 @@ def load_template(version: int) -> dict[str, Any]:
 
 
 def _avro_schema_text() -> str:
-    text = resources.files("dcnios.schemas").joinpath("storage_event.avsc").read_text("utf-8")
+    # AvroReader's schema text is the writer's schema, and a dCache record (all NiFi carries) is
+    # written with v1 in plain mode (dcnios/codec.py); with a registry the reader asks the registry.
+    text = resources.files("dcnios.schemas").joinpath("storage_event.v1.avsc").read_text("utf-8")
     return json.dumps(json.loads(text), separators=(",", ":"))
 
 
@@ -232,13 +234,23 @@ def render(
     (default: ``oscar.input_path``), needed for ``payload: dcache``.
     """
     input_path = input_path or consumer.oscar.input_path
-    if consumer.payload == "dcache":
+    kinds = spec.topic_kinds(consumer.topic) - {"dcache"}
+    if consumer.payload == "raw" or kinds:
+        # The recipe's flow decodes StorageEvent records and rebuilds dCache envelopes only.
+        what = (
+            "payload: raw" if consumer.payload == "raw" else f"records of {', '.join(sorted(kinds))} sources"
+        )
+        raise ConfigError(
+            f"consumer {consumer.name}: the NiFi recipe carries dCache records only, not {what}; "
+            "run it as a dcnios-consumer (leave it out of nifi.consumers)"
+        )
+    if consumer.dcache_bodies:
         input_path = _checked_input_path(consumer, input_path)
     kafka = spec.kafka
     ssl = kafka.security_protocol in _SSL_PROTOCOLS
     sasl = kafka.security_protocol in _SASL_PROTOCOLS
     registry = kafka.schema_registry is not None
-    conditions = {"ssl": ssl, "sasl": sasl, "registry": registry, "dcache": consumer.payload == "dcache"}
+    conditions = {"ssl": ssl, "sasl": sasl, "registry": registry, "dcache": consumer.dcache_bodies}
     conditions["record"] = not conditions["dcache"]
     group_name = f"dcnios-{consumer.name}"
     values: dict[str, Any] = {

@@ -26,7 +26,14 @@ from typing import Final, Literal
 
 from dcnios.deploy.manifest import Manifest, component_labels, dns_name
 from dcnios.errors import ConfigError
-from dcnios.spec import ConsumerSpec, KafkaSpec, PipelineSpec, SourceSpec
+from dcnios.spec import (
+    AnySourceSpec,
+    ConsumerSpec,
+    KafkaSpec,
+    PipelineSpec,
+    S3NotificationsSourceSpec,
+    SourceSpec,
+)
 from dcnios.topics import (
     checkpoint_topic,
     control_topic,
@@ -122,9 +129,19 @@ def _topics(names: Iterable[str], *operations: Operation) -> list[Acl]:
     return [Acl("topic", name, "literal", operations) for name in dict.fromkeys(names)]
 
 
-def producer_acls(spec: PipelineSpec, source: SourceSpec) -> tuple[Acl, ...]:
+def producer_acls(spec: PipelineSpec, source: AnySourceSpec) -> tuple[Acl, ...]:
     k = spec.kafka
-    written = [source.topic, *(r.topic for r in source.routes), invalid_topic(source.topic), gaps_topic(k)]
+    written = [source.topic, *(r.topic for r in source.routes), invalid_topic(source.topic)]
+    if not isinstance(source, SourceSpec):
+        upstream: list[Acl] = []
+        if isinstance(source, S3NotificationsSourceSpec) and source.kafka is not None:
+            assert source.kafka.group is not None
+            upstream = [
+                *_topics([source.kafka.topic], "Read", "Describe"),
+                Acl("group", source.kafka.group, "literal", ("Read",)),
+            ]
+        return (*_topics(written, "Write", "Describe"), *upstream)
+    written.append(gaps_topic(k))
     read_back = [checkpoint_topic(k)] + ([published_topic(k, source.name)] if source.reconcile else [])
     return (
         *_topics(written, "Write", "Describe"),
@@ -156,7 +173,7 @@ def scaler_acls(consumers: Iterable[ConsumerSpec]) -> tuple[Acl, ...]:
     )
 
 
-def producer_principal(source: SourceSpec) -> str:
+def producer_principal(source: AnySourceSpec) -> str:
     return f"dcnios-source-{source.name}"
 
 

@@ -12,7 +12,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from dcnios.cli._common import EXIT_FAILURE, EXIT_OK, StopFlag, add_common, consumer_arg, load_spec_arg
 from dcnios.codec import StorageEventCodec
 from dcnios.consumers.oscar import OscarInvoker
-from dcnios.consumers.record import DeadLetter
+from dcnios.consumers.record import DeadLetter, RecordReader
 from dcnios.consumers.replay import Replayer
 from dcnios.errors import CodecError, KafkaError
 from dcnios.kafka import consumer_config
@@ -52,7 +52,7 @@ def run_replay(args: argparse.Namespace) -> int:
     cs = consumer_arg(spec, args.name)
     assert cs.dead_letter_topic is not None
     stop = StopFlag().install()
-    codec = StorageEventCodec(spec.kafka.schema_registry)
+    reader = RecordReader(cs, StorageEventCodec(spec.kafka.schema_registry))
     replayer = Replayer(cs, OscarInvoker(cs.oscar, 1))
     consumer = Consumer(consumer_config(spec.kafka, f"{cs.group}-dlq-replay", **cs.librdkafka))
     _assign_from_committed(consumer, cs.dead_letter_topic)
@@ -70,7 +70,7 @@ def run_replay(args: argparse.Namespace) -> int:
             last = time.monotonic()
             where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
             try:
-                event = codec.decode(msg.value(), msg.headers(), cs.topic)
+                event = reader.read(msg)
             except CodecError as exc:
                 logger.warning("%s: poison record, not replayable (%s); it stays in the DLQ", where, exc)
                 skipped += 1

@@ -1,4 +1,5 @@
-"""``dcnios-producer``: dCache storage events → Avro records on Kafka, one thread per source."""
+"""``dcnios-producer``: storage events → Avro records on Kafka, one thread per source (dCache SSE,
+S3 bucket notifications, and every other kind a spec names)."""
 
 from __future__ import annotations
 
@@ -29,14 +30,13 @@ logger = logging.getLogger(__name__)
 def build_parser() -> argparse.ArgumentParser:
     parser = parser_class()(
         prog="dcnios-producer",
-        description="Follow dCache storage events (SSE) and publish them as Avro records on Kafka. "
-        "At least once: the checkpoint advances only past acknowledged records.",
+        description="Follow storage events (dCache SSE, S3 bucket notifications from a Kafka topic, a "
+        "webhook or SQS) and publish them as Avro records on Kafka. At least once: a dCache checkpoint "
+        "advances, and an upstream message is acknowledged, only past acknowledged records.",
         epilog="SIGTERM/SIGINT flush, write the checkpoint and exit 0; a second signal stops at once.",
     )
     add_common(parser, bootstrap=True)
-    parser.add_argument(
-        "--source", metavar="NAME", help="run only this source (default: every dcache source)"
-    )
+    parser.add_argument("--source", metavar="NAME", help="run only this source (default: every source)")
     parser.add_argument(
         "--metrics-port", type=int, metavar="P", help="serve Prometheus /metrics on this port"
     )
@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from dcnios.producers.relay import RelayRunner
     from dcnios.producers.run import SourceRunner
+    from dcnios.producers.sources import runner_for
 
     spec = load_spec_arg(args.config, args.bootstrap)
     sources = [s for s in spec.sources if args.source in (None, s.name)]
@@ -58,7 +60,7 @@ def _run(args: argparse.Namespace) -> int:
         logger.info("metrics on http://127.0.0.1:%d/metrics", args.metrics_port)
     failures: list[BaseException] = []
 
-    def work(runner: SourceRunner) -> None:
+    def work(runner: SourceRunner | RelayRunner) -> None:
         try:
             runner.run()
         except BaseException as exc:  # reported below; the other sources stop too
@@ -66,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
             logger.error("%s: %s: %s", runner.source.name, type(exc).__name__, exc, exc_info=args.debug)
             stop.event.set()
 
-    runners = [SourceRunner(spec, s, stop=stop.event, metrics=metrics) for s in sources]
+    runners = [runner_for(spec, s, stop=stop.event, metrics=metrics) for s in sources]
     threads = [threading.Thread(target=work, args=(r,), name=f"source-{r.source.name}") for r in runners]
     for thread in threads:
         thread.start()

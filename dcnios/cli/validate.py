@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from dcnios.cli._common import EXIT_OK, add_common
-from dcnios.spec import PipelineSpec, load_spec
+from dcnios.spec import AnySourceSpec, PipelineSpec, S3NotificationsSourceSpec, SourceSpec, load_spec
 from dcnios.topics import topic_plan
 
 __all__ = ["register", "summary"]
@@ -29,7 +29,11 @@ def summary(spec: PipelineSpec) -> str:
         + (f" sasl={k.sasl.mechanism} user={k.sasl.username} password={k.sasl.password}" if k.sasl else "")
         + (f" registry={k.schema_registry.url}" if k.schema_registry else ""),
     ]
-    for s in spec.sources:
+    for r in spec.sources:
+        if not isinstance(r, SourceSpec):
+            lines.append(_relayed(r))
+            continue
+        s = r
         auth = s.auth
         how = "anonymous"
         if auth is not None:
@@ -60,6 +64,26 @@ def summary(spec: PipelineSpec) -> str:
         lines.append(f"nifi: {spec.nifi.endpoint} v{spec.nifi.version} consumers={list(spec.nifi.consumers)}")
     lines.append(f"topics: {', '.join(p.name for p in topic_plan(spec))}")
     return "\n".join(lines)
+
+
+def _relayed(s: AnySourceSpec) -> str:
+    """The summary line of a source that is not dCache's."""
+    what: str = s.type
+    if isinstance(s, S3NotificationsSourceSpec):
+        if s.kafka is not None:
+            origin = f"kafka topic {s.kafka.topic} (group {s.kafka.group})"
+        elif s.webhook is not None:
+            w = s.webhook
+            origin = f"webhook http://{w.host}:{w.port}{w.path}" + (" bearer ***" if w.token else "")
+        else:
+            assert s.sqs is not None
+            q = s.sqs
+            origin = f"sqs {q.queue_url}" + (f" key {q.access_key_id} secret ***" if q.access_key_id else "")
+        what = f"{s.type} format={s.format} from {origin} events={list(s.events)}"
+    routes = ", ".join(f"{r.match} -> {r.topic}{_readers(r.readers)}" for r in s.routes)
+    return f"source {s.name}: {what} -> {s.topic}{_readers(s.readers)}" + (
+        f" (routes: {routes})" if routes else ""
+    )
 
 
 def _readers(readers: tuple[str, ...] | None) -> str:

@@ -14,6 +14,7 @@ from dcnios.spec._build import Builder, Duration, Rate
 from dcnios.spec._schema import json_schema
 from dcnios.spec._yaml import Located, load_located, parse_located
 from dcnios.spec.model import (
+    AnySourceSpec,
     ConsumerFilter,
     ConsumerSpec,
     DCacheAuth,
@@ -26,19 +27,25 @@ from dcnios.spec.model import (
     RegistrySpec,
     RetrySpec,
     RouteSpec,
+    S3NotificationsSourceSpec,
     SandboxDCacheSpec,
     SandboxOscarSpec,
     SandboxServiceSpec,
     SandboxSpec,
     SaslSpec,
     SourceSpec,
+    SqsSpec,
     SslSpec,
     TopicDefaults,
     TopicReaders,
+    UpstreamTopicSpec,
+    WebhookSpec,
     glob_match,
+    source_kinds,
 )
 
 __all__ = [
+    "AnySourceSpec",
     "ConsumerFilter",
     "ConsumerSpec",
     "DCacheAuth",
@@ -53,18 +60,23 @@ __all__ = [
     "RegistrySpec",
     "RetrySpec",
     "RouteSpec",
+    "S3NotificationsSourceSpec",
     "SandboxDCacheSpec",
     "SandboxOscarSpec",
     "SandboxServiceSpec",
     "SandboxSpec",
     "SaslSpec",
     "SourceSpec",
+    "SqsSpec",
     "SslSpec",
     "TopicDefaults",
     "TopicReaders",
+    "UpstreamTopicSpec",
+    "WebhookSpec",
     "glob_match",
     "load_spec",
     "parse_spec",
+    "source_kinds",
     "spec_json_schema",
 ]
 

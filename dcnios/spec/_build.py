@@ -29,6 +29,7 @@ __all__ = [
     "Rate",
     "SpecNode",
     "spec_field",
+    "union_tag",
 ]
 
 T = TypeVar("T")
@@ -121,6 +122,31 @@ def spec_field(
 
 def _is_spec(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp) and tp is not Rate
+
+
+def _spec_union(tp: Any) -> tuple[type, ...] | None:
+    """The members of a union of spec dataclasses told apart by their ``type`` field, else None."""
+    if not (isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union):
+        return None
+    members = typing.get_args(tp)
+    if len(members) < 2 or not all(_is_spec(m) for m in members):
+        return None
+    return members
+
+
+def union_tag(cls: type) -> str:
+    """The ``type`` value that selects ``cls`` in a union: its Literal's one value."""
+    hint = typing.get_type_hints(cls)["type"]
+    (tag,) = typing.get_args(hint)
+    return str(tag)
+
+
+def _union_default(members: tuple[type, ...]) -> str | None:
+    for cls in members:
+        f = next(f for f in dataclasses.fields(cls) if f.name == "type")
+        if f.default is not dataclasses.MISSING:
+            return str(f.default)
+    return None
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -241,6 +267,9 @@ class Builder:
                 self.problem(path, f"expected a mapping, got {_yaml_type(raw)}")
                 return _INVALID
             return self.build(inner, raw, path)
+        members = _spec_union(inner)
+        if members is not None:
+            return self._tagged(members, raw, path)
         origin = typing.get_origin(inner)
         if origin is tuple:
             (item_tp, _ellipsis) = typing.get_args(inner)
@@ -273,6 +302,23 @@ class Builder:
             return _INVALID
         except _AlreadyReported:
             return _INVALID
+
+    def _tagged(self, members: tuple[type, ...], raw: Any, path: str) -> Any:
+        """One of ``members``, picked by the mapping's ``type`` key (absent: the member whose
+        ``type`` has a default)."""
+        if not isinstance(raw, dict):
+            self.problem(path, f"expected a mapping, got {_yaml_type(raw)}")
+            return _INVALID
+        tags = {union_tag(cls): cls for cls in members}
+        tag = raw.get("type", _union_default(members))
+        cls = tags.get(tag.strip().lower()) if isinstance(tag, str) else None
+        if cls is None:
+            hint = _did_you_mean(str(tag), list(tags))
+            self.problem(f"{path}.type", f"expected one of {', '.join(tags)}, got {tag!r}{hint}")
+            return _INVALID
+        if isinstance(tag, str) and tag != union_tag(cls):
+            raw = {**raw, "type": union_tag(cls)}
+        return self.build(cls, raw, path)
 
     def _secret_from_file(self, raw: Any, path: str) -> Any:
         try:

@@ -7,7 +7,7 @@ import typing
 from typing import Any, Literal
 
 from dcnios.secrets import Secret
-from dcnios.spec._build import Duration, Rate, _is_spec, _unwrap_optional
+from dcnios.spec._build import Duration, Rate, _is_spec, _spec_union, _unwrap_optional
 
 __all__ = ["json_schema"]
 
@@ -16,6 +16,10 @@ def _type_schema(tp: Any) -> dict[str, Any]:
     inner, _optional = _unwrap_optional(tp)
     if _is_spec(inner):
         return _object_schema(inner)
+    members = _spec_union(inner)
+    if members is not None:
+        # Each member's `type` is a one-value enum (or defaults), so exactly one branch matches.
+        return {"oneOf": [_object_schema(m) for m in members]}
     origin = typing.get_origin(inner)
     if origin is tuple:
         return {"type": "array", "items": _type_schema(typing.get_args(inner)[0])}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
+from fnmatch import fnmatchcase
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from dcnios.topics import TopicPlan
 
 __all__ = [
+    "AnySourceSpec",
     "ConsumerFilter",
     "ConsumerSpec",
     "DCacheAuth",
@@ -36,15 +39,20 @@ __all__ = [
     "RegistrySpec",
     "RetrySpec",
     "RouteSpec",
+    "S3NotificationsSourceSpec",
     "SandboxDCacheSpec",
     "SandboxOscarSpec",
     "SandboxServiceSpec",
     "SandboxSpec",
     "SaslSpec",
     "SourceSpec",
+    "SqsSpec",
     "SslSpec",
     "TopicDefaults",
     "TopicReaders",
+    "UpstreamTopicSpec",
+    "WebhookSpec",
+    "source_kinds",
 ]
 
 Problems = Iterator[tuple[str, str]]
@@ -83,6 +91,10 @@ def _principals(values: tuple[str, ...]) -> str | None:
     if len(set(values)) != len(values):
         return "names a principal twice"
     return None
+
+
+def _port(value: int) -> str | None:
+    return None if 0 < value < 65536 else f"expected a TCP port (1-65535), got {value!r}"
 
 
 def _positive(value: float) -> str | None:
@@ -352,16 +364,199 @@ class SourceSpec:
         return self.topic
 
 
+def _host(value: str) -> str | None:
+    return (
+        None if value and not any(c in value for c in "/ ") else f"expected a host name or IP, got {value!r}"
+    )
+
+
+def _event_globs(values: tuple[str, ...]) -> str | None:
+    bad = [v for v in values if not v.startswith("s3:")]
+    if bad:
+        return f"S3 event names start with 's3:' (Ceph's too; dcnios adds it), got {bad[0]!r}"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTopicSpec:
+    topic: str = spec_field(
+        doc="the Kafka topic the object store writes its notifications to (MinIO notify_kafka, RGW "
+        "kafka:// push endpoint), on the cluster of `kafka`",
+        check=_topic,
+    )
+    group: str | None = spec_field(None, doc="consumer group reading it; default dcnios-source-<name>")
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSpec:
+    host: str = spec_field(
+        "127.0.0.1", doc="address to listen on (0.0.0.0 to accept other hosts)", check=_host
+    )
+    port: int = spec_field(8470, doc="TCP port", check=_port)
+    path: str = spec_field("/", doc="URL path the object store posts to")
+    token: Secret | None = spec_field(
+        None, doc="bearer token the object store must send (MinIO's auth_token); absent: none asked"
+    )
+    max_body: int = spec_field(
+        1 << 20,
+        doc="largest body in bytes; a longer one is answered 413 and its head goes to <topic>.invalid",
+        check=_frame_size,
+    )
+    ack_timeout: Duration = spec_field(
+        Duration(30),
+        doc="how long a request waits for Kafka's acknowledgement before it is answered 503 (the "
+        "object store retries)",
+        check=_positive,
+    )
+
+    def validate(self) -> Problems:
+        if not self.path.startswith("/"):
+            yield "path", f"expected an absolute URL path, got {self.path!r}"
+
+
+@dataclass(frozen=True, slots=True)
+class SqsSpec:
+    queue_url: str = spec_field(
+        doc="the SQS queue S3 sends the bucket's notifications to",
+        check=_url,
+        examples=("https://sqs.eu-west-1.amazonaws.com/123456789012/oscar-in",),
+    )
+    region: str | None = spec_field(None, doc="AWS region; default: boto3's (AWS_REGION, ~/.aws/config)")
+    endpoint: str | None = spec_field(
+        None, doc="SQS endpoint URL, for an SQS-compatible service; default: AWS's", check=_url
+    )
+    access_key_id: str | None = spec_field(None, doc="AWS access key id; default: boto3's credential chain")
+    secret_access_key: Secret | None = spec_field(
+        None, doc="AWS secret access key (or secret_access_key_file)"
+    )
+    ca_bundle: str | None = spec_field(None, doc="CA bundle for the endpoint's certificate")
+    wait_time: Duration = spec_field(
+        Duration(20), doc="long-poll wait of one ReceiveMessage (at most 20 s, SQS's limit)"
+    )
+    max_messages: int = spec_field(10, doc="messages per ReceiveMessage (1-10, SQS's limit)", check=_positive)
+    visibility_timeout: Duration | None = spec_field(
+        None,
+        doc="how long a received message stays hidden before SQS hands it out again (if dcnios has "
+        "not deleted it after Kafka's acknowledgement); default: the queue's",
+    )
+
+    def validate(self) -> Problems:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            yield "", "access_key_id and secret_access_key go together"
+        if self.wait_time > 20:
+            yield "wait_time", "SQS waits at most 20s"
+        if self.max_messages > 10:
+            yield "max_messages", "SQS hands out at most 10 messages at once"
+        yield from _file_exists(self.ca_bundle, "ca_bundle")
+
+
+@dataclass(frozen=True, slots=True)
+class S3NotificationsSourceSpec:
+    """Bucket notifications of an S3 object store (MinIO, Ceph RGW, AWS) become records."""
+
+    name: str = spec_field(doc="unique source name (DNS label)", check=_name)
+    type: Literal["s3-notifications"] = spec_field(doc="source kind")
+    format: Literal["minio", "ceph", "aws"] = spec_field(
+        doc="who writes the notifications: minio (eventSource minio:s3), ceph (RGW, ceph:s3), aws (via SQS)"
+    )
+    topic: str = spec_field(doc="topic for the records", check=_topic)
+    kafka: UpstreamTopicSpec | None = spec_field(
+        None, doc="read the notifications from a Kafka topic the object store writes (minio, ceph)"
+    )
+    webhook: WebhookSpec | None = spec_field(
+        None, doc="serve an HTTP endpoint the object store posts its notifications to (minio, ceph)"
+    )
+    sqs: SqsSpec | None = spec_field(None, doc="read the notifications from an SQS queue (aws)")
+    events: tuple[str, ...] = spec_field(
+        ("s3:ObjectCreated:*",),
+        doc="globs on the event name (with the s3: prefix, Ceph's too) that become records; "
+        "other events are acknowledged and counted as skipped",
+        check=_event_globs,
+    )
+    storage_provider: str | None = spec_field(
+        None,
+        doc="format ceph: the id of the OSCAR service's MinIO storage provider whose endpoint is the "
+        "RGW (storage_providers.minio.<id>); the body names it so the supervisor stages from there. "
+        "Absent: the cluster's default MinIO",
+        check=_name,
+    )
+    routes: tuple[RouteSpec, ...] = spec_field(
+        (), doc="first matching glob on the full path (bucket/key) picks the topic"
+    )
+    readers: tuple[str, ...] | None = spec_field(
+        None,
+        doc="principals allowed to read `topic` (paths no route matches); absent: not restricted",
+        check=_principals,
+    )
+
+    @staticmethod
+    def derive_defaults(values: dict[str, Any]) -> dict[str, Any]:
+        upstream = values.get("kafka")
+        if isinstance(upstream, UpstreamTopicSpec) and upstream.group is None:
+            values["kafka"] = replace(upstream, group=f"dcnios-source-{values['name']}")
+        return values
+
+    def validate(self) -> Problems:
+        given = [k for k in ("kafka", "webhook", "sqs") if getattr(self, k) is not None]
+        if len(given) != 1:
+            yield "", f"give exactly one of kafka, webhook, sqs; got {', '.join(given) or 'none'}"
+        if self.format == "aws" and given and given != ["sqs"]:
+            yield given[0], "format aws reads an SQS queue (sqs:): S3 sends notifications to SQS, not here"
+        if self.format != "aws" and self.sqs is not None:
+            yield "sqs", f"is for format aws; {self.format} writes to a Kafka topic (kafka:) or a webhook"
+        if self.storage_provider is not None and self.format != "ceph":
+            yield (
+                "storage_provider",
+                "applies to format ceph (the supervisor stages MinIO and AWS events itself)",
+            )
+        if not self.events:
+            yield "events", "must name at least one event name glob"
+        if self.kafka is not None and self.kafka.topic in (self.topic, *(r.topic for r in self.routes)):
+            yield "kafka.topic", "must differ from the topics this source writes"
+
+    def topic_for(self, path: str) -> str:
+        """The topic a record with this full path goes to: the first matching route, else ``topic``."""
+        for route in self.routes:
+            if glob_match(route.match, path):
+                return route.topic
+        return self.topic
+
+
+#: Every kind of source a spec may name, told apart by its ``type`` key (default ``dcache``). A new
+#: kind is a frozen dataclass with a ``type: Literal[...]`` field, ``topic``, ``routes``, ``readers``
+#: and ``topic_for``, added here (its runner: dcnios/producers/sources.py).
+AnySourceSpec = SourceSpec | S3NotificationsSourceSpec
+
+
+def source_kinds() -> tuple[type, ...]:
+    """The source dataclasses, in the order of ``AnySourceSpec``."""
+    return typing.get_args(AnySourceSpec)
+
+
 # -- consumers ----------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class ConsumerFilter:
-    paths: tuple[str, ...] = spec_field((), doc="path globs to invoke for (empty: all)")
-    events: tuple[str, ...] = spec_field((), doc="masks to invoke for (empty: all)", check=_masks)
+    paths: tuple[str, ...] = spec_field(
+        (), doc="globs on the full path (/dir/file, bucket/key, scope:name) to invoke for (empty: all)"
+    )
+    events: tuple[str, ...] = spec_field(
+        (), doc="dCache masks to invoke for (empty: all); records of other kinds have no mask", check=_masks
+    )
+    event_names: tuple[str, ...] = spec_field(
+        (),
+        doc="globs on the event name of S3 and Rucio records (s3:ObjectCreated:*, transfer-done) "
+        "(empty: all); dCache records have none",
+        examples=(["s3:ObjectCreated:*"],),
+    )
 
-    def accepts(self, path: str, mask: tuple[str, ...] | list[str]) -> bool:
+    def accepts(self, path: str, mask: tuple[str, ...] | list[str], event_name: str | None = None) -> bool:
         if self.paths and not any(glob_match(p, path) for p in self.paths):
             return False
-        return not self.events or any(m in self.events for m in mask)
+        if self.events and not any(m in self.events for m in mask):
+            return False
+        return not self.event_names or (
+            event_name is not None and any(fnmatchcase(event_name, g) for g in self.event_names)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,8 +664,13 @@ class ConsumerSpec:
     oscar: OscarSpec = spec_field(doc="the OSCAR service to invoke")
     group: str | None = spec_field(None, doc="consumer group; default dcnios-<name>")
     filter: ConsumerFilter = spec_field(ConsumerFilter(), doc="which records to invoke for")
-    payload: Literal["dcache", "record"] = spec_field(
-        "dcache", doc="dcache: the byte-exact dCache event JSON; record: the whole record as JSON"
+    payload: Literal["native", "dcache", "record", "raw"] = spec_field(
+        "native",
+        doc="native: what the supervisor stages, per record kind (the byte-exact dCache event JSON, "
+        "the S3 Records[] notification as received, Ceph's translated to one the supervisor knows, "
+        "the Rucio message); dcache: native for dCache records only (others go to the DLQ); record: "
+        "the whole record as JSON; raw: the topic holds no dcnios records (another system fills "
+        "it) and each value is sent unchanged",
     )
     rate: Rate | None = spec_field(None, doc="invocations per second for the whole group; absent: unlimited")
     concurrency: int = spec_field(16, doc="invocations in flight per process", check=_positive)
@@ -495,6 +695,16 @@ class ConsumerSpec:
         check=_name,
     )
 
+    @property
+    def needs_input_path_without_it(self) -> bool:
+        """dCache bodies need the service's webdav input path, which a service token cannot read."""
+        return self.oscar.input_path is None and self.oscar.token is not None
+
+    @property
+    def dcache_bodies(self) -> bool:
+        """Whether dCache records get the dCache envelope (and so the service's input path)."""
+        return self.payload in ("native", "dcache")
+
     @staticmethod
     def derive_defaults(values: dict[str, Any]) -> dict[str, Any]:
         values.setdefault("group", f"dcnios-{values['name']}")
@@ -506,7 +716,7 @@ class ConsumerSpec:
         yield from _passthrough(self.librdkafka)
         if self.dead_letter_topic == self.topic:
             yield "dead_letter_topic", "must differ from topic"
-        if self.payload == "dcache" and self.oscar.input_path is None and self.oscar.token is not None:
+        if self.payload == "dcache" and self.needs_input_path_without_it:
             # The supervisor stages <input path>/<event.name>: without the input path the file's
             # name relative to it cannot be computed, and a service token cannot read the service.
             yield (
@@ -564,10 +774,6 @@ class NifiSpec:
 
 
 # -- sandbox (dcnios up / make demo) ---------------------------------------------------------
-def _port(value: int) -> str | None:
-    return None if 0 < value < 65536 else f"expected a TCP port (1-65535), got {value!r}"
-
-
 @dataclass(frozen=True, slots=True)
 class SandboxDCacheSpec:
     root: str = spec_field(doc="local directory served as the dCache namespace root (relative to this file)")
@@ -614,7 +820,9 @@ class TopicReaders:
 @dataclass(frozen=True, slots=True)
 class PipelineSpec:
     kafka: KafkaSpec = spec_field(KafkaSpec(), doc="the Kafka cluster")
-    sources: tuple[SourceSpec, ...] = spec_field((), doc="dCache sources")
+    sources: tuple[AnySourceSpec, ...] = spec_field(
+        (), doc="event sources; `type` picks the kind: dcache (default), s3-notifications"
+    )
     consumers: tuple[ConsumerSpec, ...] = spec_field((), doc="OSCAR consumers")
     nifi: NifiSpec | None = spec_field(None, doc="NiFi deployment of some consumers")
     sandbox: SandboxSpec | None = spec_field(
@@ -632,6 +840,16 @@ class PipelineSpec:
                     yield f"nifi.consumers[{i}]", f"no consumer named {name!r}{hint}"
         yield from self._derived_topics()
         yield from self._authorised_readers()
+        for i, consumer in enumerate(self.consumers):
+            if consumer.payload == "native" and consumer.needs_input_path_without_it:
+                kinds = self.topic_kinds(consumer.topic)
+                if "dcache" in kinds:
+                    yield (
+                        f"consumers[{i}].oscar.input_path",
+                        "needed for payload: native on a topic a dcache source writes, with a service "
+                        "token (the service's webdav input path), or give username/password to read "
+                        "it from the service",
+                    )
 
     def topic_readers(self) -> dict[str, TopicReaders]:
         """Each restricted topic a source writes: who may read it, and the key that says so.
@@ -692,11 +910,28 @@ class PipelineSpec:
                 f"long; Kafka allows {MAX_TOPIC_LENGTH}",
             )
 
-    def source(self, name: str) -> SourceSpec:
+    def source(self, name: str) -> AnySourceSpec:
         for source in self.sources:
             if source.name == name:
                 return source
         raise KeyError(name)
+
+    @property
+    def dcache_sources(self) -> tuple[SourceSpec, ...]:
+        """The ``type: dcache`` sources (what the dCache producer, doctor and reconcile know)."""
+        return tuple(s for s in self.sources if isinstance(s, SourceSpec))
+
+    def dcache_source(self, name: str) -> SourceSpec:
+        source = self.source(name)
+        if not isinstance(source, SourceSpec):
+            raise KeyError(f"{name} is a {source.type} source, not a dcache one")
+        return source
+
+    def topic_kinds(self, topic: str) -> frozenset[str]:
+        """The ``type`` of every source of this spec that writes ``topic`` (directly or by a route)."""
+        return frozenset(
+            s.type for s in self.sources if topic == s.topic or any(r.topic == topic for r in s.routes)
+        )
 
     def consumer(self, name: str) -> ConsumerSpec:
         for consumer in self.consumers:

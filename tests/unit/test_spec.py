@@ -51,7 +51,7 @@ def test_defaults_are_derived() -> None:
     assert source.channel_timeout == 3600
     assert consumer.group == "dcnios-grayify"
     assert consumer.dead_letter_topic == "dcache.events.dlq"
-    assert consumer.ordering == "key" and consumer.payload == "dcache"
+    assert consumer.ordering == "key" and consumer.payload == "native" and consumer.dcache_bodies
     assert consumer.rate is None
 
 
