@@ -1,126 +1,120 @@
-"""One Rucio message (as Hermes sends it over STOMP) → what dcnios makes of it, pure.
+"""One Rucio message (as Hermes sends it over STOMP) → its record, ``Skipped`` or ``Rejected``; pure.
 
 Hermes (rucio lib/rucio/daemons/hermes/hermes.py, ``deliver_to_activemq``) sends each message as
 ``json.dumps({"event_type": <lower-case>, "payload": {...}, "created_at": str(datetime)})`` with
 the STOMP headers ``persistent: true`` and ``event_type``. Payloads that name a DID carry ``scope``
-and ``name`` (``close`` from core/did.py; ``transfer-done`` and the other ``transfer-*`` from
-core/request.py, with ``dst-rse``; ``datasetlock_ok`` with ``rse``; ``rule_ok`` with ``rule_id``).
+and ``name``: ``close`` (core/did.py), ``transfer-done`` and the other ``transfer-*`` (core/
+request.py, with ``dst-rse``), ``datasetlock_ok`` (with ``rse``), ``rule_ok`` (with ``rule_id``).
 
 OSCAR's supervisor recognises exactly that body (grycap/faas-supervisor
-faassupervisor/events/__init__.py ``_is_rucio_event``: ``event_type`` present and ``scope`` in
-``payload``; events/rucio.py reads ``payload.name`` and ``payload.scope``), so the original bytes
-are kept for the consumer's ``payload: native`` body.
+faassupervisor/events/__init__.py ``_is_rucio_event``; events/rucio.py reads ``payload.scope``
+and ``payload.name``), so the record keeps the message's own bytes (``original``) for the
+consumer's ``payload: native`` body. The key is the DID, ``scope:name``, so one DID's events keep
+their order; the consumer's dedup key is the message's bytes (storage_event.dedup_key): Hermes
+resending a message it could not delete, and the STOMP broker redelivering one dcnios had not
+acknowledged, both repeat it unchanged.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Final
+from fnmatch import fnmatchcase
+from typing import Final
 
-from dcnios.spec.model import glob_match
+from dcnios.producers.upstream import Delivery, Events, Rejected, Skipped, Translate, Translation
+from dcnios.spec import RucioSourceSpec
+from dcnios.storage_event import KIND_RUCIO, StorageEvent
 
-__all__ = ["Filtered", "Invalid", "RucioFilter", "RucioMessage", "interpret_rucio"]
+__all__ = ["translate", "translator"]
 
 #: Payload fields naming the RSE a message is about, most specific first: where a transfer put
-#: the file (core/request.py), then the lock's or deletion's RSE.
+#: the file (core/request.py ``dst-rse``), then a lock's or a deletion's ``rse``.
 _RSE_FIELDS: Final = ("dst-rse", "rse")
 
 
-@dataclass(frozen=True, slots=True)
-class RucioFilter:
-    """Which messages become records. Event types compare in lower case, as Hermes sends them."""
-
-    event_types: Sequence[str] = ("close",)
-    scopes: Sequence[str] = ()
-    names: Sequence[str] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class RucioMessage:
-    """A message that names a DID and passed the filter."""
-
-    event_type: str
-    scope: str
-    name: str
-    rse: str | None
-    created_at: str | None
-    body: bytes
-    #: Same event type, payload and time → the same key, however the JSON was spelled. Hermes
-    #: deletes a message only after sending it (at-least-once) and the STOMP broker redelivers what
-    #: was not acknowledged: both repeat a message unchanged. Two real events about one DID differ
-    #: in ``created_at``.
-    dedup_key: str
-
-    @property
-    def did(self) -> str:
-        """``scope:name``, Rucio's own spelling of a DID: the Kafka key, so one DID keeps its order."""
-        return f"{self.scope}:{self.name}"
+def translator(source: RucioSourceSpec) -> Translate:
+    """The translation of one source's deliveries."""
+    return functools.partial(
+        translate,
+        source=source.name,
+        channel=source.stomp.destination,
+        events=source.events,
+        scopes=source.scopes,
+        names=source.names,
+        rses=source.rses,
+    )
 
 
-@dataclass(frozen=True, slots=True)
-class Filtered:
-    """A well-formed message the filter does not select (acknowledged, counted, not written)."""
-
-    event_type: str
-    why: str
+def _matches(globs: tuple[str, ...], value: str | None) -> bool:
+    return not globs or (value is not None and any(fnmatchcase(value, g) for g in globs))
 
 
-@dataclass(frozen=True, slots=True)
-class Invalid:
-    """A message dcnios cannot use: it goes to ``<topic>.invalid`` with this reason."""
-
-    reason: str
-
-
-def _dedup_key(event_type: str, payload: dict[str, Any], created_at: object) -> str:
-    canonical = json.dumps([event_type, payload, created_at], sort_keys=True, separators=(",", ":"))
-    return f"rucio#{hashlib.blake2b(canonical.encode(), digest_size=12).hexdigest()}"
-
-
-def interpret_rucio(body: bytes, selected: RucioFilter) -> RucioMessage | Filtered | Invalid:
-    """Parse, check and filter one STOMP message body."""
+def translate(
+    delivery: Delivery,
+    *,
+    source: str,
+    channel: str = "",
+    events: tuple[str, ...] = ("close",),
+    scopes: tuple[str, ...] = (),
+    names: tuple[str, ...] = (),
+    rses: tuple[str, ...] = (),
+) -> Translation:
+    """Parse, check and filter one message body. Unselected event types are skipped before their
+    payload is read, so messages the source does not take never fill ``<topic>.invalid``."""
     try:
-        # Decoded here: json.loads(bytes) would guess UTF-16/32 too; Hermes sends UTF-8 (json.dumps).
-        text = body.decode("utf-8")
+        # Decoded first: json.loads(bytes) would guess UTF-16/32 too; Hermes sends UTF-8.
+        text = delivery.body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return Invalid(f"body is not UTF-8: {exc.reason} at byte {exc.start}")
+        return Rejected(f"body is not UTF-8: {exc.reason} at byte {exc.start}")
     try:
         message = json.loads(text)
     except ValueError as exc:
-        return Invalid(f"body is not JSON: {exc}")
+        return Rejected(f"body is not JSON: {exc}")
     if not isinstance(message, dict):
-        return Invalid(f"body is JSON {type(message).__name__}, not an object")
+        return Rejected(f"body is JSON {type(message).__name__}, not an object")
     event_type = message.get("event_type")
     if not isinstance(event_type, str) or not event_type:
-        return Invalid("event_type is missing or not a string")
-    event_type = event_type.lower()
-    if event_type not in selected.event_types:
-        return Filtered(event_type, f"event_type {event_type!r} not selected")
+        return Rejected("event_type is missing or not a string")
+    event_type = event_type.lower()  # Hermes lower-cases it; other senders might not
+    if not _matches(events, event_type):
+        return Skipped(f"event_type {event_type}")
     payload = message.get("payload")
     if not isinstance(payload, dict):
-        return Invalid(f"{event_type}: payload is missing or not an object")
+        return Rejected(f"{event_type}: payload is missing or not an object")
     did: list[str] = []
     for field in ("scope", "name"):
         value = payload.get(field)
         if not isinstance(value, str) or not value:
-            return Invalid(f"{event_type}: payload.{field} is missing or not a non-empty string")
+            return Rejected(f"{event_type}: payload.{field} is missing or not a non-empty string")
         did.append(value)
     scope, name = did
-    if selected.scopes and not any(glob_match(g, scope) for g in selected.scopes):
-        return Filtered(event_type, f"scope {scope!r} matches no scope glob")
-    if selected.names and not any(glob_match(g, name) for g in selected.names):
-        return Filtered(event_type, f"name {name!r} matches no name glob")
     rse = next((v for f in _RSE_FIELDS if isinstance(v := payload.get(f), str) and v), None)
-    created = message.get("created_at")
-    return RucioMessage(
-        event_type=event_type,
-        scope=scope,
-        name=name,
-        rse=rse,
-        created_at=created if isinstance(created, str) else None,
-        body=body,
-        dedup_key=_dedup_key(event_type, payload, created),
+    if not _matches(scopes, scope):
+        return Skipped("scope not selected")
+    if not _matches(names, name):
+        return Skipped("name not selected")
+    if not _matches(rses, rse):
+        return Skipped("rse not selected")
+    return Events(
+        (
+            StorageEvent(
+                source=source,
+                path=f"{scope}:{name}",
+                name=name,
+                mask=(),
+                cookie=None,
+                is_dir=False,
+                channel=channel,
+                event_id=None,
+                subscription="",
+                observed_at=delivery.received_ms,
+                kind=KIND_RUCIO,
+                event_name=event_type,
+                scope=scope,
+                did_name=name,
+                rse=rse,
+                original=delivery.body,
+            ),
+        )
     )

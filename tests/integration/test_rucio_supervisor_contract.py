@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 from faassupervisor.events import parse_event
 
-from dcnios.producers.rucio import RucioFilter, RucioMessage, interpret_rucio
+from dcnios.consumers.record import body_for
+from dcnios.producers.rucio import translate
+from dcnios.producers.upstream import Delivery, Events
 from dcnios.sandbox.oscar import Job
 from dcnios.sandbox.supervisor import (
     JobRunner,
@@ -30,6 +32,7 @@ from dcnios.sandbox.supervisor import (
     supervisor_available,
     supervisor_reads_rucio,
 )
+from dcnios.storage_event import StorageEvent
 
 pytestmark = [
     pytest.mark.integration,
@@ -39,7 +42,7 @@ pytestmark = [
     ),
 ]
 
-EVERY_TYPE = RucioFilter(event_types=("close", "transfer-done", "datasetlock_ok", "rule_ok"))
+EVERY_TYPE = ("close", "transfer-done", "datasetlock_ok", "rule_ok")
 MESSAGES = [
     pytest.param(
         "close",
@@ -59,17 +62,21 @@ MESSAGES = [
 ]
 
 
-def native_body(event_type: str, payload: dict[str, object]) -> tuple[RucioMessage, bytes]:
+def native_body(event_type: str, payload: dict[str, object]) -> tuple[StorageEvent, bytes]:
+    """The message as Hermes sends it, its record, and the body the consumer sends (payload: native)."""
     sent = json.dumps({"event_type": event_type, "payload": payload, "created_at": "2026-12-06 22:19:48.1"})
-    message = interpret_rucio(sent.encode(), EVERY_TYPE)
-    assert isinstance(message, RucioMessage)
-    return message, message.body
+    translation = translate(Delivery(sent.encode(), "stomp test"), source="rucio", events=EVERY_TYPE)
+    assert isinstance(translation, Events)
+    [event] = translation.events
+    body = body_for(event, "native", None)
+    assert body == sent.encode()
+    return event, body
 
 
 @pytest.mark.parametrize(("event_type", "payload"), MESSAGES)
 def test_upstream_supervisor_downloads_the_messages_did(event_type: str, payload: dict[str, object]) -> None:
-    message, body = native_body(event_type, payload)
-    assert rucio_did_upstream(json.loads(body)) == (message.scope, message.name)
+    event, body = native_body(event_type, payload)
+    assert rucio_did_upstream(json.loads(body)) == (event.scope, event.did_name)
 
 
 @pytest.mark.skipif(
@@ -79,10 +86,10 @@ def test_upstream_supervisor_downloads_the_messages_did(event_type: str, payload
 )
 @pytest.mark.parametrize(("event_type", "payload"), MESSAGES)
 def test_installed_supervisor_picks_the_did(event_type: str, payload: dict[str, object]) -> None:
-    message, body = native_body(event_type, payload)
+    event, body = native_body(event_type, payload)
     parsed = parse_event(body.decode())
     assert parsed.get_type() == "RUCIO"
-    assert (parsed.scope, parsed.object_key) == (message.scope, message.name)
+    assert (parsed.scope, parsed.object_key) == (event.scope, event.did_name)
 
 
 def test_pypi_supervisor_hands_the_message_to_the_script_unchanged(tmp_path: Path) -> None:

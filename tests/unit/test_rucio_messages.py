@@ -1,12 +1,19 @@
-"""Rucio messages (Hermes's STOMP bodies) → records, filtered or invalid: the pure translation."""
+"""Rucio messages (Hermes's STOMP bodies) → records, skipped or rejected: the pure translation."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from dcnios.producers.rucio import Filtered, Invalid, RucioFilter, RucioMessage, interpret_rucio
+from dcnios.errors import ConfigError
+from dcnios.producers.rucio import translate
+from dcnios.producers.upstream import Delivery, Events, Rejected, Skipped
+from dcnios.secrets import Secret
+from dcnios.spec import RucioSourceSpec, load_spec, parse_spec
+from dcnios.storage_event import KIND_RUCIO, StorageEvent, dedup_key
 
 
 def hermes_body(event_type: str, payload: object, created_at: str = "2026-12-06 22:19:48.123456") -> bytes:
@@ -27,11 +34,25 @@ TRANSFER_DONE = {
     "checksum-adler": "0a1b2c3d",
 }
 DATASETLOCK_OK = {"scope": "user.alice", "name": "ds", "rse": "DESY-DCACHE", "rse_id": "f00", "rule_id": "r1"}
-ALL_TYPES = RucioFilter(event_types=("close", "transfer-done", "datasetlock_ok", "rule_ok"))
+EVERY_TYPE = ("close", "transfer-done", "datasetlock_ok", "rule_ok")
+
+
+def run(body: bytes, **selected: Any) -> Events | Skipped | Rejected:
+    delivery = Delivery(body=body, origin="stomp /queue/events 1", received_ms=1_765_000_000_000)
+    got = translate(delivery, source="rucio", channel="/queue/events", **selected)
+    assert isinstance(got, Events | Skipped | Rejected)
+    return got
+
+
+def one_event(body: bytes, **selected: Any) -> StorageEvent:
+    got = run(body, **selected)
+    assert isinstance(got, Events), got
+    [event] = got.events
+    return event
 
 
 @pytest.mark.parametrize(
-    ("event_type", "payload", "did", "rse"),
+    ("event_type", "payload", "key", "rse"),
     [
         pytest.param("close", CLOSE, "user.alice:run42.dataset", None, id="close"),
         pytest.param("transfer-done", TRANSFER_DONE, "user.alice:run42/frame7.h5", "CERN-EOS", id="transfer"),
@@ -39,63 +60,61 @@ ALL_TYPES = RucioFilter(event_types=("close", "transfer-done", "datasetlock_ok",
         pytest.param("rule_ok", {"scope": "s", "name": "n", "rule_id": "r"}, "s:n", None, id="rule_ok"),
     ],
 )
-def test_a_message_naming_a_did_becomes_a_record(event_type: str, payload: dict, did: str, rse: str) -> None:
+def test_a_message_naming_a_did_becomes_a_record(
+    event_type: str, payload: dict[str, Any], key: str, rse: str | None
+) -> None:
     body = hermes_body(event_type, payload)
-    got = interpret_rucio(body, ALL_TYPES)
-    assert isinstance(got, RucioMessage)
-    assert (got.event_type, got.did, got.rse, got.created_at) == (
-        event_type,
-        did,
-        rse,
-        "2026-12-06 22:19:48.123456",
+    event = one_event(body, events=EVERY_TYPE)
+    assert (event.kind, event.key, event.event_name, event.rse) == (KIND_RUCIO, key.encode(), event_type, rse)
+    assert (event.scope, event.did_name, event.source, event.observed_at) == (
+        payload["scope"],
+        payload["name"],
+        "rucio",
+        1_765_000_000_000,
     )
-    assert got.body is body  # kept byte for byte for `payload: native`
+    assert event.original is body  # kept byte for byte for `payload: native`
 
 
 def test_the_dedup_key_is_the_same_for_a_resent_message_and_differs_for_a_new_event() -> None:
-    first = interpret_rucio(hermes_body("close", CLOSE), ALL_TYPES)
-    # Hermes resending (or the broker redelivering) the same message, however it is spelled.
-    resent = interpret_rucio(
-        json.dumps(json.loads(hermes_body("close", CLOSE)), indent=2).encode(), ALL_TYPES
-    )
-    later = interpret_rucio(hermes_body("close", CLOSE, created_at="2026-12-06 22:20:00.000001"), ALL_TYPES)
-    assert (
-        isinstance(first, RucioMessage)
-        and isinstance(resent, RucioMessage)
-        and isinstance(later, RucioMessage)
-    )
-    assert first.dedup_key == resent.dedup_key != later.dedup_key
+    first = one_event(hermes_body("close", CLOSE))
+    resent = one_event(hermes_body("close", CLOSE))  # Hermes resending, or the broker redelivering
+    later = one_event(hermes_body("close", CLOSE, created_at="2026-12-06 22:20:00.000001"))
+    assert dedup_key(first) == dedup_key(resent) != dedup_key(later)
 
 
 @pytest.mark.parametrize(
     ("selected", "body", "why"),
     [
+        pytest.param({}, hermes_body("transfer-done", TRANSFER_DONE), "event_type transfer-done", id="type"),
         pytest.param(
-            RucioFilter(), hermes_body("transfer-done", TRANSFER_DONE), "'transfer-done' not selected"
+            {"scopes": ("user.bob",)}, hermes_body("close", CLOSE), "scope not selected", id="scope"
         ),
+        pytest.param({"names": ("*.h5",)}, hermes_body("close", CLOSE), "name not selected", id="name"),
         pytest.param(
-            RucioFilter(scopes=("user.bob",)), hermes_body("close", CLOSE), "scope 'user.alice' matches no"
+            {"events": EVERY_TYPE, "rses": ("DESY-*",)},
+            hermes_body("transfer-done", TRANSFER_DONE),
+            "rse not selected",
+            id="rse",
         ),
+        # A message without an RSE does not match a non-empty rses list.
+        pytest.param({"rses": ("*",)}, hermes_body("close", CLOSE), "rse not selected", id="no-rse"),
+        # An unselected type is skipped before its payload is read: no .invalid flood for it.
         pytest.param(
-            RucioFilter(names=("*.h5",)), hermes_body("close", CLOSE), "name 'run42.dataset' matches no"
-        ),
-        # An unselected type is filtered before its payload is read: no .invalid flood for it.
-        pytest.param(
-            RucioFilter(), hermes_body("rule_progress", "not an object"), "'rule_progress' not selected"
+            {}, hermes_body("rule_progress", "not an object"), "event_type rule_progress", id="early"
         ),
     ],
 )
-def test_the_filter_selects_by_event_type_scope_and_name(
-    selected: RucioFilter, body: bytes, why: str
+def test_the_filter_selects_by_event_type_scope_name_and_rse(
+    selected: dict[str, Any], body: bytes, why: str
 ) -> None:
-    got = interpret_rucio(body, selected)
-    assert isinstance(got, Filtered) and why in got.why
+    got = run(body, **selected)
+    assert isinstance(got, Skipped) and got.reason == why
 
 
 def test_globs_and_upper_case_event_types_select() -> None:
-    selected = RucioFilter(event_types=("close",), scopes=("user.*",), names=("run*",))
-    got = interpret_rucio(hermes_body("CLOSE", CLOSE), selected)
-    assert isinstance(got, RucioMessage) and got.event_type == "close"
+    body = hermes_body("CLOSE", CLOSE)
+    event = one_event(body, events=("clo*",), scopes=("user.*",), names=("run*",))
+    assert event.event_name == "close"
 
 
 @pytest.mark.parametrize(
@@ -118,5 +137,60 @@ def test_globs_and_upper_case_event_types_select() -> None:
     ],
 )
 def test_a_message_dcnios_cannot_use_gets_a_reason(body: bytes, reason: str) -> None:
-    got = interpret_rucio(body, RucioFilter())
-    assert isinstance(got, Invalid) and reason in got.reason, got
+    got = run(body)
+    assert isinstance(got, Rejected) and reason in got.reason, got
+
+
+# -- the spec -----------------------------------------------------------------------------------
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_the_example_spec_loads_with_its_stomp_settings() -> None:
+    spec = load_spec(EXAMPLES / "rucio.yaml", env={"RUCIO_STOMP_PASSWORD": "s3cret"})
+    source = spec.source("rucio")
+    assert isinstance(source, RucioSourceSpec)
+    assert source.stomp.brokers == ("rucio-mq.example.org:61614",) and source.stomp.vhost == "rucio"
+    assert source.stomp.tls and source.stomp.verify and source.stomp.password == Secret("s3cret")
+    assert "s3cret" not in repr(source)
+    assert source.events == ("close", "transfer-done") and source.topic_for("user.x:y") == "rucio.events"
+    assert spec.topic_kinds("rucio.events") == frozenset({"rucio"})
+
+
+RUCIO = """\
+kafka: {bootstrap_servers: "127.0.0.1:9092"}
+sources:
+  - name: rucio
+    type: rucio
+    topic: rucio.events
+    stomp:
+      brokers: [BROKERS]
+      destination: /queue/events
+      STOMP
+    events: [EVENTS]
+"""
+
+
+def rucio_problems(brokers: str = "mq:61614", stomp: str = "prefetch: 8", events: str = "close") -> list[str]:
+    text = RUCIO.replace("BROKERS", brokers).replace("STOMP", stomp).replace("EVENTS", events)
+    with pytest.raises(ConfigError) as info:
+        parse_spec(text, env={})
+    return [str(p) for p in info.value.problems]
+
+
+def test_stomp_settings_are_checked_with_path_and_line() -> None:
+    assert rucio_problems(brokers="mq") == [
+        "sources[0].stomp.brokers: expected host:port (Hermes's brokers and port), got 'mq' (line 7)"
+    ]
+    assert rucio_problems(stomp="username: u") == [
+        "sources[0].stomp: username and password go together (line 6)"
+    ]
+    assert rucio_problems(stomp="tls: false\n      ca_bundle: /etc/hosts") == [
+        "sources[0].stomp.ca_bundle: is set, but tls is false (line 10)"
+    ]
+    assert rucio_problems(events="CLOSE") == [
+        "sources[0].events: Hermes sends event types in lower case (transfer-done, close), "
+        "got 'CLOSE' (line 10)"
+    ]
+    assert rucio_problems(stomp="prefetch: 0") == [
+        "sources[0].stomp.prefetch: expected a positive number, got 0 (line 9)"
+    ]
