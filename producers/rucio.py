@@ -28,6 +28,9 @@ from dcnios.storage_event import KIND_RUCIO, StorageEvent
 
 __all__ = ["translate", "translator"]
 
+#: Payload fields giving a size in bytes: a transfer's file (core/request.py ``file-size``), else
+#: ``bytes`` (a transfer's, or a closed dataset's total, core/did.py).
+_SIZE_FIELDS: Final = ("file-size", "bytes")
 #: Payload fields naming the RSE a message is about, most specific first: where a transfer put
 #: the file (core/request.py ``dst-rse``), then a lock's or a deletion's ``rse``.
 _RSE_FIELDS: Final = ("dst-rse", "rse")
@@ -90,6 +93,14 @@ def translate(
         did.append(value)
     scope, name = did
     rse = next((v for f in _RSE_FIELDS if isinstance(v := payload.get(f), str) and v), None)
+    size = next(
+        (
+            v
+            for f in _SIZE_FIELDS
+            if isinstance(v := payload.get(f), int) and not isinstance(v, bool) and v >= 0
+        ),
+        None,
+    )
     if not _matches(scopes, scope):
         return Skipped("scope not selected")
     if not _matches(names, name):
@@ -114,6 +125,7 @@ def translate(
                 scope=scope,
                 did_name=name,
                 rse=rse,
+                size=size,
                 original=delivery.body,
             ),
         )

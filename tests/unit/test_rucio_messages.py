@@ -75,6 +75,14 @@ def test_a_message_naming_a_did_becomes_a_record(
     assert event.original is body  # kept byte for byte for `payload: native`
 
 
+def test_the_size_is_a_transfers_file_size_else_the_payloads_bytes() -> None:
+    sizes = [
+        one_event(hermes_body(t, p), events=EVERY_TYPE).size
+        for t, p in (("transfer-done", TRANSFER_DONE), ("close", CLOSE), ("datasetlock_ok", DATASETLOCK_OK))
+    ]
+    assert sizes == [2048, 1024, None]
+
+
 def test_the_dedup_key_is_the_same_for_a_resent_message_and_differs_for_a_new_event() -> None:
     first = one_event(hermes_body("close", CLOSE))
     resent = one_event(hermes_body("close", CLOSE))  # Hermes resending, or the broker redelivering
