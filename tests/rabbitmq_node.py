@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -66,8 +67,9 @@ class RabbitNode:
         self.started_in = 0.0
         self._server: subprocess.Popen[bytes] | None = None
         self._epmd: subprocess.Popen[bytes] | None = None
+        self._env: dict[str, str] = {}
 
-    def _env(self) -> dict[str, str]:
+    def _environment(self) -> dict[str, str]:
         base = self.base
         (base / "rabbitmq.conf").write_text(
             f"""\
@@ -111,7 +113,7 @@ log.file.level = warning
     def start(self) -> RabbitNode:
         script = _server_script()
         assert script is not None, rabbitmq_missing()
-        env = self._env()
+        env = self._env = self._environment()
         began = time.monotonic()
         self._epmd = subprocess.Popen(
             ["epmd", "-address", "127.0.0.1", "-port", str(self.epmd_port)],
@@ -137,6 +139,11 @@ log.file.level = warning
             if self._server.poll() is not None:
                 tail = (self.base / "server.out").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"rabbitmq-server exited with {self._server.returncode}:\n{tail}")
+            try:  # the port first: stomp.py logs a warning for every refused connection
+                socket.create_connection(("127.0.0.1", self.stomp_port), timeout=1).close()
+            except OSError:
+                time.sleep(0.2)
+                continue
             conn = self.connection()
             try:
                 conn.connect(self.user, self.password, wait=True)
@@ -165,6 +172,25 @@ log.file.level = warning
             )
         finally:
             conn.disconnect()
+
+    def queue_counts(self, queue: str) -> tuple[int, int]:
+        """(ready, unacknowledged) messages of a queue, as the broker itself counts them (rabbitmqctl)."""
+        script = _server_script()
+        assert script is not None
+        ctl = script.replace("rabbitmq-server", "rabbitmqctl")
+        out = subprocess.run(
+            [ctl, "-q", "list_queues", "-p", self.vhost, "name", "messages_ready", "messages_unacknowledged"],
+            env=self._env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        for line in out.splitlines():
+            fields = line.split()
+            if len(fields) == 3 and fields[0] == queue:
+                return int(fields[1]), int(fields[2])
+        return 0, 0
 
     def stop(self) -> None:
         if self._server is not None and self._server.poll() is None:
