@@ -28,6 +28,7 @@ from dcnios.spec import (
     RegistrySpec,
     SourceSpec,
     SslSpec,
+    StompSpec,
 )
 
 __all__ = ["SECRETS_DIR", "SPEC_PATH", "FileKey", "PodSpecFile", "SecretEnv", "pod_spec_file"]
@@ -49,6 +50,9 @@ _FILE_FIELDS: Final[frozenset[tuple[type, str]]] = frozenset(
         (DCacheAuth, "key"),
         (SourceSpec, "ca_bundle"),
         (OscarSpec, "ca_bundle"),
+        (StompSpec, "ca_bundle"),
+        (StompSpec, "cert"),
+        (StompSpec, "key"),
     }
 )
 _SAFE_KEY: Final = re.compile(r"[^-._a-zA-Z0-9]")

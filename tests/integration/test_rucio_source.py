@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from consumer_harness import start as start_consumer
@@ -23,6 +24,7 @@ from producer_harness import Running, read_topic, run_in_thread, wait_for
 from rabbitmq_node import RabbitNode
 
 from dcnios.broker import EmbeddedBroker, free_port
+from dcnios.errors import RemoteError
 from dcnios.kafka import ensure_topics
 from dcnios.metrics import ProducerMetrics
 from dcnios.producers.relay import RelayRunner
@@ -30,7 +32,7 @@ from dcnios.producers.sources import runner_for
 from dcnios.producers.upstream_stomp import StompUpstream
 from dcnios.sandbox.oscar import OscarEmulator
 from dcnios.secrets import Secret
-from dcnios.spec import PipelineSpec, RucioSourceSpec, StompSpec, load_spec
+from dcnios.spec import PipelineSpec, StompSpec, load_spec
 from dcnios.stack import Stack
 from dcnios.storage_event import StorageEvent
 from dcnios.topics import topic_plan
@@ -107,27 +109,49 @@ def start_source(spec: PipelineSpec, metrics: ProducerMetrics | None = None) -> 
     return running
 
 
+def stomp_spec(rabbitmq: RabbitNode, queue: str, **settings: Any) -> StompSpec:
+    fields: dict[str, Any] = {
+        "brokers": (f"127.0.0.1:{rabbitmq.stomp_port}",),
+        "destination": f"/queue/{queue}",
+        "vhost": rabbitmq.vhost,
+        "username": rabbitmq.user,
+        "password": Secret(rabbitmq.password),
+        "tls": False,
+    }
+    return StompSpec(**{**fields, **settings})
+
+
 def leftover(rabbitmq: RabbitNode, queue: str) -> list[bytes]:
     """What is still in the queue: a fresh subscriber takes it (and hands it back)."""
-    source = RucioSourceSpec(
-        name="probe",
-        type="rucio",
-        topic="unused",
-        stomp=StompSpec(
-            brokers=(f"127.0.0.1:{rabbitmq.stomp_port}",),
-            destination=f"/queue/{queue}",
-            vhost=rabbitmq.vhost,
-            username=rabbitmq.user,
-            password=Secret(rabbitmq.password),
-            tls=False,
-        ),
-    )
-    upstream = StompUpstream(source.stomp, "probe")
+    upstream = StompUpstream(stomp_spec(rabbitmq, queue), "probe")
     upstream.open()
     try:
         return [d.body for d in upstream.receive(1.0)]
     finally:
         upstream.close()
+
+
+def test_tls_is_verified_by_default_and_a_refused_login_names_the_reason(
+    rabbitmq: RabbitNode, unique: Callable[[str], str], caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = unique("tls")
+    tls = {"brokers": (f"127.0.0.1:{rabbitmq.stomp_tls_port}",), "tls": True}
+    # The broker's certificate comes from a throwaway CA that is not among the system's.
+    with pytest.raises(RemoteError, match=r"source tls: STOMP connect to 127\.0\.0\.1:\d+ failed"):
+        StompUpstream(stomp_spec(rabbitmq, queue, **tls), "tls").open()
+    assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+    with pytest.raises(RemoteError, match="Access refused for user 'hermes'"):
+        StompUpstream(stomp_spec(rabbitmq, queue, password=Secret("wrong")), "tls").open()
+    upstream = StompUpstream(stomp_spec(rabbitmq, queue, **tls, ca_bundle=str(rabbitmq.pki.ca)), "tls")
+    upstream.open()
+    try:
+        rabbitmq.publish_as_hermes(f"/queue/{queue}", b"over tls", "close")
+        [delivery] = upstream.receive(5.0)
+        upstream.acknowledge([delivery])
+    finally:
+        upstream.close()
+    assert delivery.body == b"over tls" and delivery.attributes["event_type"] == "close"
+    assert delivery.attributes["persistent"] == "true"
 
 
 @pytest.fixture

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from dcnios.deploy.k8s_spec import SECRETS_DIR, pod_spec_file
 from dcnios.errors import ConfigError
 from dcnios.producers.rucio import translate
 from dcnios.producers.upstream import Delivery, Events, Rejected, Skipped
@@ -202,3 +204,23 @@ def test_stomp_settings_are_checked_with_path_and_line() -> None:
     assert rucio_problems(stomp="prefetch: 0") == [
         "sources[0].stomp.prefetch: expected a positive number, got 0 (line 9)"
     ]
+
+
+def test_k8s_mounts_the_stomp_password_and_ca_bundle_from_the_secret(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    text = (
+        (EXAMPLES / "rucio.yaml")
+        .read_text()
+        .replace("# ca_bundle: /etc/grid-security/certificates/ca.pem", f"ca_bundle: {ca}")
+    )
+    spec = parse_spec(text, env={"RUCIO_STOMP_PASSWORD": "s3cret"})
+    rendered = pod_spec_file(spec, secret="dcnios")
+    stomp = yaml.safe_load(rendered.text)["sources"][0]["stomp"]
+    assert stomp["password_file"] == f"{SECRETS_DIR}/dcnios/sources.rucio.stomp.password"
+    assert stomp["ca_bundle"] == f"{SECRETS_DIR}/dcnios/sources.rucio.stomp.ca_bundle"
+    assert "s3cret" not in rendered.text
+    assert {f.spec_key for f in rendered.files} >= {
+        "sources.rucio.stomp.password",
+        "sources.rucio.stomp.ca_bundle",
+    }
