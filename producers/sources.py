@@ -43,7 +43,7 @@ def runner_for(
         translate = s3_notifications.translator(source)
         return RelayRunner(spec, source, upstream, translate, stop=stop, metrics=metrics)
     if isinstance(source, RucioSourceSpec):
-        stomp = StompUpstream(source.stomp, source.name)
+        stomp = StompUpstream(source.stomp, source.name, metrics)
         return RelayRunner(spec, source, stomp, rucio.translator(source), stop=stop, metrics=metrics)
     raise ConfigError(f"source {source.name}: no runner for type {source.type!r}")
 

@@ -27,6 +27,7 @@ import stomp
 import stomp.exception
 
 from dcnios.errors import RemoteError
+from dcnios.metrics import ProducerMetrics
 from dcnios.producers.upstream import Delivery
 from dcnios.spec import StompSpec
 from dcnios.storage_event import now_millis
@@ -36,6 +37,9 @@ __all__ = ["StompUpstream"]
 logger = logging.getLogger(__name__)
 
 _CONNECT_TIMEOUT: Final = 10.0
+#: The receipt asked for with SUBSCRIBE: a refused subscription (no permission on the queue) then
+#: fails the connect with the broker's ERROR instead of a silent disconnect afterwards.
+_SUBSCRIBED: Final = "dcnios-subscribed"
 #: Most deliveries one ``receive`` hands out.
 _BATCH: Final = 512
 
@@ -66,6 +70,14 @@ class _Listener(stomp.ConnectionListener):  # type: ignore[misc]
     ) -> None:
         self._connection = connection
         self._received, self._broker_error, self._lost = received, broker_error, lost
+        #: Set by the SUBSCRIBE's receipt, an ERROR frame or the connection's end, whichever first.
+        self.answered = threading.Event()
+        self.subscribed = False
+
+    def on_receipt(self, frame: Any) -> None:
+        if frame.headers.get("receipt-id") == _SUBSCRIBED:
+            self.subscribed = True
+            self.answered.set()
 
     def on_message(self, frame: Any) -> None:
         headers = {str(k).lower(): str(v) for k, v in frame.headers.items()}
@@ -76,8 +88,10 @@ class _Listener(stomp.ConnectionListener):  # type: ignore[misc]
         message = frame.headers.get("message", "")
         detail = frame.body.decode(errors="replace") if isinstance(frame.body, bytes) else str(frame.body)
         self._broker_error(f"{message} {detail}".strip())
+        self.answered.set()
 
     def on_disconnected(self) -> None:
+        self.answered.set()
         self._lost(self._connection)
 
     def on_heartbeat_timeout(self) -> None:
@@ -92,9 +106,10 @@ def _host_port(broker: str) -> tuple[str, int]:
 class StompUpstream:
     """Subscribes to one destination and keeps the subscription up (see the module docstring)."""
 
-    def __init__(self, spec: StompSpec, source: str) -> None:
+    def __init__(self, spec: StompSpec, source: str, metrics: ProducerMetrics | None = None) -> None:
         self.spec = spec
         self.source = source
+        self._reconnects = (metrics or ProducerMetrics()).reconnects.labels(source)
         self.hosts = [_host_port(b) for b in spec.brokers]
         self.description = f"stomp {spec.destination} on {','.join(spec.brokers)}"
         self._queue: queue.Queue[_Message] = queue.Queue()
@@ -260,7 +275,8 @@ class StompUpstream:
         with self._lock:
             self._generation += 1
             generation = self._generation
-        conn.set_listener("dcnios", _Listener(generation, self._received, self._broker_error, self._lost))
+        listener = _Listener(generation, self._received, self._broker_error, self._lost)
+        conn.set_listener("dcnios", listener)
         self.last_error = None
         password = spec.password.reveal() if spec.password is not None else None
         try:
@@ -271,8 +287,17 @@ class StompUpstream:
                 ack="client-individual",
                 # Each broker reads its own prefetch header and ignores the other's (RabbitMQ
                 # STOMP "prefetch-count"; ActiveMQ "activemq.prefetchSize").
-                headers={"prefetch-count": str(spec.prefetch), "activemq.prefetchSize": str(spec.prefetch)},
+                headers={
+                    "prefetch-count": str(spec.prefetch),
+                    "activemq.prefetchSize": str(spec.prefetch),
+                    "receipt": _SUBSCRIBED,
+                },
             )
+            listener.answered.wait(_CONNECT_TIMEOUT)
+            if not listener.subscribed:
+                raise stomp.exception.ConnectFailedException(
+                    f"SUBSCRIBE {spec.destination} refused: {self.last_error or 'no receipt'}"
+                )
         except BaseException:
             with contextlib.suppress(stomp.exception.StompException, OSError):
                 conn.disconnect()
@@ -282,6 +307,8 @@ class StompUpstream:
         if not conn.is_connected():  # dropped before _live was set: _lost ignored it
             self._lost(generation)
         self.connects += 1
+        if self.connects > 1:
+            self._reconnects.inc()
         logger.info("source %s: STOMP subscribed to %s", self.source, spec.destination)
 
     def _disconnect(self) -> None:

@@ -173,19 +173,30 @@ log.file.level = warning
         finally:
             conn.disconnect()
 
-    def queue_counts(self, queue: str) -> tuple[int, int]:
-        """(ready, unacknowledged) messages of a queue, as the broker itself counts them (rabbitmqctl)."""
+    def ctl(self, *args: str) -> str:
+        """rabbitmqctl against this node."""
         script = _server_script()
         assert script is not None
-        ctl = script.replace("rabbitmq-server", "rabbitmqctl")
-        out = subprocess.run(
-            [ctl, "-q", "list_queues", "-p", self.vhost, "name", "messages_ready", "messages_unacknowledged"],
+        return subprocess.run(
+            [script.replace("rabbitmq-server", "rabbitmqctl"), "-q", *args],
             env=self._env,
             capture_output=True,
             text=True,
             check=True,
             timeout=60,
         ).stdout
+
+    def close_connections(self) -> None:
+        """Drop every STOMP client connection, as a broker restart or a network cut does.
+
+        rabbitmqctl close_all_connections leaves STOMP connections alone; the plugin's own function
+        (rabbit_stomp.erl, also used when the plugin stops) closes them.
+        """
+        self.ctl("eval", 'rabbit_stomp:close_all_client_connections("dcnios test: connection dropped").')
+
+    def queue_counts(self, queue: str) -> tuple[int, int]:
+        """(ready, unacknowledged) messages of a queue, as the broker itself counts them (rabbitmqctl)."""
+        out = self.ctl("list_queues", "-p", self.vhost, "name", "messages_ready", "messages_unacknowledged")
         for line in out.splitlines():
             fields = line.split()
             if len(fields) == 3 and fields[0] == queue:

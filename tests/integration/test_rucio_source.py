@@ -154,6 +154,48 @@ def test_tls_is_verified_by_default_and_a_refused_login_names_the_reason(
     assert delivery.attributes["persistent"] == "true"
 
 
+def test_a_dropped_connection_is_reconnected_and_its_unacknowledged_message_redelivered(
+    rabbitmq: RabbitNode, unique: Callable[[str], str]
+) -> None:
+    queue = unique("drop")
+    metrics = ProducerMetrics()
+    upstream = StompUpstream(stomp_spec(rabbitmq, queue, reconnect_backoff=0.1), "drop", metrics)
+    upstream.open()
+    try:
+        rabbitmq.publish_as_hermes(f"/queue/{queue}", b"m1", "close")
+        [first] = upstream.receive(5.0)
+        rabbitmq.close_connections()
+        wait_for(lambda: upstream.connects == 2, timeout=20)
+        [again] = upstream.receive(5.0)
+        upstream.acknowledge([first])  # its connection is gone: not sent, no error
+        upstream.acknowledge([again])
+        wait_for(lambda: rabbitmq.queue_counts(queue) == (0, 0))
+    finally:
+        upstream.close()
+    assert again.body == b"m1" and again.attributes["redelivered"] == "true"
+    assert metrics.registry.get_sample_value("dcnios_producer_reconnects_total", {"source": "drop"}) == 1
+
+
+def test_the_readme_permissions_let_dcnios_subscribe_and_nothing_more(
+    rabbitmq: RabbitNode, unique: Callable[[str], str]
+) -> None:
+    queue = unique("perm")
+    user, password = unique("dcnios"), unique("pw")
+    rabbitmq.ctl("add_user", user, password)
+    rabbitmq.ctl("set_permissions", "-p", rabbitmq.vhost, user, f"^{queue}$", "", f"^{queue}$")
+    rabbitmq.publish_as_hermes(f"/queue/{queue}", b"m", "close")
+    upstream = StompUpstream(stomp_spec(rabbitmq, queue, username=user, password=Secret(password)), "perm")
+    upstream.open()
+    try:
+        [delivery] = upstream.receive(5.0)
+        upstream.acknowledge([delivery])
+    finally:
+        upstream.close()
+    assert delivery.body == b"m"
+    with pytest.raises(RemoteError, match="access_refused"):
+        StompUpstream(stomp_spec(rabbitmq, "other", username=user, password=Secret(password)), "perm").open()
+
+
 @pytest.fixture
 def oscar() -> Iterator[OscarEmulator]:
     with OscarEmulator() as emu:
