@@ -20,8 +20,9 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from dcnios.consumers.oscar import OscarInvoker
 from dcnios.errors import KafkaError
 from dcnios.kafka import LatchedProducer, admin_client, cluster_metadata, consumer_config, producer_config
-from dcnios.spec import KafkaSpec, PipelineSpec
-from dcnios.topics import gaps_topic
+from dcnios.producers.upstream_sqs import sqs_client
+from dcnios.spec import AnySourceSpec, KafkaSpec, PipelineSpec, S3NotificationsSourceSpec, SourceSpec
+from dcnios.topics import gaps_topic, invalid_topic
 
 __all__ = [
     "ConsumerStatus",
@@ -51,6 +52,14 @@ class SourceStatus:
     checkpoint_age_s: float | None
     gaps: int
     last_gap: dict[str, Any] | None
+    type: str = "dcache"
+    #: A relayed source's upstream (``kafka topic minio.events``, ``sqs <url>``, ``webhook <url>``).
+    upstream: str | None = None
+    #: Messages the upstream holds that are not relayed yet (a Kafka topic's lag for the source's
+    #: group, an SQS queue's visible + in-flight messages); None where it cannot be known.
+    upstream_waiting: int | None = None
+    #: Records in ``<topic>.invalid`` (bad input reported there).
+    invalid: int = 0
 
 
 @dataclass(frozen=True)
@@ -166,6 +175,9 @@ def _source_statuses(spec: PipelineSpec) -> list[SourceStatus]:
     now_ms = time.time() * 1000
     result = []
     for source in spec.sources:
+        if not isinstance(source, SourceSpec):
+            result.append(_relayed_status(spec, source))
+            continue
         checkpoint = store.load(source.name)
         mine = gaps.get(source.name, [])
         result.append(
@@ -179,10 +191,74 @@ def _source_statuses(spec: PipelineSpec) -> list[SourceStatus]:
                 else None,
                 gaps=len(mine),
                 last_gap=mine[-1] if mine else None,
+                invalid=_depth(spec.kafka, invalid_topic(source.topic)),
             )
         )
     producer.flush(10)
     return result
+
+
+def _depth(kafka: KafkaSpec, topic: str) -> int:
+    return sum(end - low for low, end in partition_extents(kafka, topic).values())
+
+
+def _relayed_status(spec: PipelineSpec, source: AnySourceSpec) -> SourceStatus:
+    upstream, waiting = _upstream(spec, source)
+    return SourceStatus(
+        name=source.name,
+        topic=source.topic,
+        checkpoint_event_id=None,
+        checkpoint_channel=None,
+        checkpoint_age_s=None,
+        gaps=0,
+        last_gap=None,
+        type=source.type,
+        upstream=upstream,
+        upstream_waiting=waiting,
+        invalid=_depth(spec.kafka, invalid_topic(source.topic)),
+    )
+
+
+def _upstream(spec: PipelineSpec, source: AnySourceSpec) -> tuple[str, int | None]:
+    """What a relayed source reads, and how much of it waits to be relayed."""
+    if isinstance(source, S3NotificationsSourceSpec):
+        if source.kafka is not None and source.kafka.group is not None:
+            return f"kafka topic {source.kafka.topic}", _group_lag(
+                spec.kafka, source.kafka.group, source.kafka.topic
+            )
+        if source.sqs is not None:
+            return f"sqs {source.sqs.queue_url}", _sqs_waiting(source)
+        if source.webhook is not None:
+            w = source.webhook
+            return f"webhook http://{w.host}:{w.port}{w.path}", None
+    return source.type, None
+
+
+def _group_lag(kafka: KafkaSpec, group: str, topic: str) -> int | None:
+    reader = _reader(kafka, group)
+    try:
+        extents = _extents(reader, topic)
+        committed = reader.committed([TopicPartition(topic, p) for p in extents], timeout=10)
+    except KafkaException:
+        return None
+    finally:
+        reader.close()
+    return sum(
+        max(0, extents[tp.partition][1] - (tp.offset if tp.offset >= 0 else extents[tp.partition][0]))
+        for tp in committed
+    )
+
+
+def _sqs_waiting(source: S3NotificationsSourceSpec) -> int | None:
+    assert source.sqs is not None
+    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    try:
+        attrs = sqs_client(source.sqs).get_queue_attributes(
+            QueueUrl=source.sqs.queue_url, AttributeNames=names
+        )
+    except Exception:  # botocore's errors and connection failures alike: status reports, never fails
+        return None
+    return sum(int(attrs["Attributes"].get(n, 0)) for n in names)
 
 
 def _control_state(kafka: KafkaSpec, consumer: str) -> tuple[Any, bool]:

@@ -177,7 +177,7 @@ def _mapping(parent: Mapping[str, Any], key: str, where: str) -> Mapping[str, An
     value = parent.get(key)
     if not isinstance(value, dict):
         raise _Bad(
-            f"{where}: expected an object, got {type(value).__name__ if value is not None else 'nothing'}"
+            f".{where}: expected an object, got {type(value).__name__ if value is not None else 'nothing'}"
         )
     return value
 
@@ -186,7 +186,7 @@ def _string(parent: Mapping[str, Any], key: str, where: str) -> str:
     value = parent.get(key)
     if not isinstance(value, str):
         raise _Bad(
-            f"{where}: expected a string, got {type(value).__name__ if value is not None else 'nothing'}"
+            f".{where}: expected a string, got {type(value).__name__ if value is not None else 'nothing'}"
         )
     return value
 

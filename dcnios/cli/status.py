@@ -15,7 +15,8 @@ __all__ = ["register"]
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "status",
-        help="per source: checkpoint and gaps; per consumer: members, lag, rate, paused, DLQ depth",
+        help="per source: checkpoint and gaps (dCache) or upstream and what waits there (others), "
+        "invalid input; per consumer: members, lag, rate, paused, DLQ depth",
         description="Read the deployment's state from Kafka (works against any deployment). Lag "
         "is measured against end offsets read past the broker's high watermark.",
     )
@@ -52,17 +53,35 @@ def _print_tables(status: dict[str, Any]) -> None:
 
     console = Console()
     sources = Table(title=f"sources (Kafka {status['kafka']})", title_justify="left")
-    for col in ("source", "topic", "checkpoint id", "checkpoint age", "gaps", "last gap"):
+    for col in (
+        "source",
+        "type",
+        "topic",
+        "checkpoint id / upstream",
+        "age / waiting",
+        "gaps",
+        "last gap",
+        "invalid",
+    ):
         sources.add_column(col)
     for s in status["sources"]:
         gap = s["last_gap"]
+        relayed = s["upstream"] is not None
         sources.add_row(
             s["name"],
+            s["type"],
             s["topic"],
-            "-" if s["checkpoint_event_id"] is None else str(s["checkpoint_event_id"]),
-            _age(s["checkpoint_age_s"]),
+            s["upstream"]
+            if relayed
+            else "-"
+            if s["checkpoint_event_id"] is None
+            else str(s["checkpoint_event_id"]),
+            ("?" if s["upstream_waiting"] is None else str(s["upstream_waiting"]))
+            if relayed
+            else _age(s["checkpoint_age_s"]),
             str(s["gaps"]),
             f"{gap.get('reason')} {gap.get('directories')}" if gap else "-",
+            str(s["invalid"]),
         )
     consumers = Table(title="consumers", title_justify="left")
     for col in ("consumer", "group", "members", "lag", "lag by partition", "rate", "paused", "OSCAR", "DLQ"):

@@ -44,6 +44,7 @@ from dcnios.sandbox.oscar import Job
 
 __all__ = [
     "JobRunner",
+    "ObjectStore",
     "ScriptService",
     "WebdavDoor",
     "rucio_did_upstream",
@@ -126,6 +127,26 @@ class WebdavDoor:
     ca_bundle: str
 
 
+@dataclass(frozen=True)
+class ObjectStore:
+    """An S3 store in the FDL's ``storage_providers`` (``minio.<id>`` or ``s3.<id>``), an input of
+    every service (``path``: the bucket).
+
+    OSCAR's ``s3`` provider has no endpoint field (AWS only: faas-supervisor
+    ``storage/providers/s3.py`` builds ``boto3.client('s3', region_name=…)``), so for ``s3`` the
+    endpoint reaches boto3 the way boto3 itself reads it, ``AWS_ENDPOINT_URL_S3`` in the job's
+    environment; ``minio`` takes it from the provider's ``endpoint`` (``providers/minio.py``).
+    """
+
+    provider: str  # "minio" | "s3"
+    id: str
+    endpoint: str
+    access_key: str
+    secret_key: str
+    bucket: str
+    region: str = "us-east-1"
+
+
 @dataclass
 class JobTotals:
     succeeded: int = 0
@@ -144,6 +165,7 @@ class JobRunner:
         output_dir: str,
         *,
         webdav: WebdavDoor | None = None,
+        object_stores: tuple[ObjectStore, ...] = (),
         workers: int = 4,
         timeout: float = 300.0,
     ) -> None:
@@ -155,6 +177,7 @@ class JobRunner:
         self.services = dict(services)
         self.output_dir = output_dir
         self.webdav = webdav
+        self.object_stores = object_stores
         self.timeout = timeout
         self.totals = JobTotals()
         self._lock = threading.Lock()
@@ -169,17 +192,30 @@ class JobRunner:
     def function_config(self, service: ScriptService) -> dict[str, object]:
         """The service definition the supervisor reads (the part of the FDL it uses)."""
         config: dict[str, object] = {"name": service.name, "log_level": "INFO"}
+        inputs: list[dict[str, str]] = []
+        providers: dict[str, dict[str, dict[str, object]]] = {}
         if self.webdav is not None:
-            config["input"] = [{"storage_provider": "webdav.dcache", "path": service.input}]
-            config["storage_providers"] = {
-                "webdav": {
-                    "dcache": {
-                        "hostname": self.webdav.hostname,
-                        "login": self.webdav.login,
-                        "password": self.webdav.password,
-                    }
+            inputs.append({"storage_provider": "webdav.dcache", "path": service.input})
+            providers["webdav"] = {
+                "dcache": {
+                    "hostname": self.webdav.hostname,
+                    "login": self.webdav.login,
+                    "password": self.webdav.password,
                 }
             }
+        for store in self.object_stores:
+            inputs.append({"storage_provider": f"{store.provider}.{store.id}", "path": store.bucket})
+            entry: dict[str, object] = {
+                "access_key": store.access_key,
+                "secret_key": store.secret_key,
+                "region": store.region,
+            }
+            if store.provider == "minio":
+                entry.update(endpoint=store.endpoint, verify=store.endpoint.startswith("https"))
+            providers.setdefault(store.provider, {})[store.id] = entry
+        if inputs:
+            config["input"] = inputs
+            config["storage_providers"] = providers
         return config
 
     def _run(self, job: Job) -> None:
@@ -221,6 +257,9 @@ class JobRunner:
             }
             if self.webdav is not None:
                 env["REQUESTS_CA_BUNDLE"] = self.webdav.ca_bundle
+            for store in self.object_stores:
+                if store.provider == "s3":
+                    env["AWS_ENDPOINT_URL_S3"] = store.endpoint
             supervisor = shlex.join([sys.executable, "-m", "faassupervisor.supervisor"])
             # Its own session: a timeout kills the shell, the supervisor and the script together,
             # as Kubernetes kills the pod, instead of orphaning them in a deleted directory.
