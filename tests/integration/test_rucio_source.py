@@ -34,6 +34,7 @@ from dcnios.sandbox.oscar import OscarEmulator
 from dcnios.secrets import Secret
 from dcnios.spec import PipelineSpec, StompSpec, load_spec
 from dcnios.stack import Stack
+from dcnios.status import pipeline_status
 from dcnios.storage_event import StorageEvent
 from dcnios.topics import topic_plan
 
@@ -259,6 +260,12 @@ def test_hermes_messages_reach_oscar_once_and_bad_ones_reach_invalid(
         ),
     ]
     assert (outcome("published"), outcome("skipped"), outcome("released")) == (3, 2, 0)
+    [status] = pipeline_status(spec)["sources"]
+    assert (status["type"], status["upstream"], status["invalid"]) == (
+        "rucio",
+        f"stomp /queue/{queue} on 127.0.0.1:{rabbitmq.stomp_port}",
+        2,
+    )
     # Everything was acknowledged: the selected, the skipped and the poison messages alike.
     assert leftover(rabbitmq, queue) == []
 
