@@ -98,6 +98,30 @@ class _Listener(stomp.ConnectionListener):  # type: ignore[misc]
         logger.warning("STOMP heart-beats stopped arriving; reconnecting")
 
 
+class _SocketErrors(logging.Handler):
+    """Keeps the socket or TLS error stomp.py logs for each of our brokers it could not reach.
+
+    stomp.py's transport catches them (``attempt_connection``), logs "could not connect to host %s,
+    port %s: %s" and raises an empty ConnectFailedException; this is the only place the reason
+    (refused, a certificate that does not verify) survives.
+    """
+
+    def __init__(self, hosts: list[tuple[str, int]]) -> None:
+        super().__init__(logging.WARNING)
+        self._hosts = {(h, str(p)) for h, p in hosts}
+        self.errors: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args
+        if (
+            isinstance(args, tuple)
+            and len(args) == 3
+            and str(record.msg).startswith("could not connect")
+            and (str(args[0]), str(args[1])) in self._hosts
+        ):
+            self.errors.append(f"{args[0]}:{args[1]}: {args[2]}")
+
+
 def _host_port(broker: str) -> tuple[str, int]:
     host, _, port = broker.rpartition(":")
     return host.strip("[]"), int(port)
@@ -279,8 +303,18 @@ class StompUpstream:
         conn.set_listener("dcnios", listener)
         self.last_error = None
         password = spec.password.reveal() if spec.password is not None else None
+        socket_errors = _SocketErrors(self.hosts)
+        stomp_log = logging.getLogger("stomp.py")
+        stomp_log.addHandler(socket_errors)
         try:
-            conn.connect(spec.username, password, wait=True)
+            try:
+                conn.connect(spec.username, password, wait=True)
+            except stomp.exception.ConnectFailedException:
+                if socket_errors.errors and self.last_error is None:
+                    self.last_error = "; ".join(socket_errors.errors)
+                raise
+            finally:
+                stomp_log.removeHandler(socket_errors)
             conn.subscribe(
                 spec.destination,
                 id=f"dcnios-{self.source}",

@@ -133,14 +133,15 @@ def leftover(rabbitmq: RabbitNode, queue: str) -> list[bytes]:
 
 
 def test_tls_is_verified_by_default_and_a_refused_login_names_the_reason(
-    rabbitmq: RabbitNode, unique: Callable[[str], str], caplog: pytest.LogCaptureFixture
+    rabbitmq: RabbitNode, unique: Callable[[str], str]
 ) -> None:
     queue = unique("tls")
     tls = {"brokers": (f"127.0.0.1:{rabbitmq.stomp_tls_port}",), "tls": True}
     # The broker's certificate comes from a throwaway CA that is not among the system's.
-    with pytest.raises(RemoteError, match=r"source tls: STOMP connect to 127\.0\.0\.1:\d+ failed"):
+    with pytest.raises(
+        RemoteError, match=r"STOMP connect to 127\.0\.0\.1:\d+ failed: .*CERTIFICATE_VERIFY_FAILED"
+    ):
         StompUpstream(stomp_spec(rabbitmq, queue, **tls), "tls").open()
-    assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
     with pytest.raises(RemoteError, match="Access refused for user 'hermes'"):
         StompUpstream(stomp_spec(rabbitmq, queue, password=Secret("wrong")), "tls").open()
     upstream = StompUpstream(stomp_spec(rabbitmq, queue, **tls, ca_bundle=str(rabbitmq.pki.ca)), "tls")
