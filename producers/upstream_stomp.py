@@ -201,12 +201,14 @@ class StompUpstream:
     def _delivery(self, message: _Message) -> Delivery:
         headers = message.headers
         ack_id = headers.get("ack") or headers.get("message-id", "")
+        size, limit = len(message.body), self.spec.max_message
         return Delivery(
             body=message.body,
             origin=f"stomp {self.spec.destination} {headers.get('message-id', '?')}",
             attributes=headers,
             handle=_Handle(message.connection, ack_id),
             received_ms=message.received_ms,
+            rejected=f"message of {size} bytes is over stomp.max_message ({limit})" if size > limit else None,
         )
 
     def _settle(self, deliveries: Sequence[Delivery], *, ack: bool) -> None:

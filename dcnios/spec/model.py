@@ -574,6 +574,13 @@ class StompSpec:
     heartbeat: Duration = spec_field(
         Duration(10), doc="STOMP heart-beat period both ways; a silent connection is reconnected"
     )
+    max_message: int = spec_field(
+        512 << 10,
+        doc="largest message body in bytes; a longer one goes to <topic>.invalid (its first 64 KiB) "
+        "and is acknowledged, so it cannot block the queue (the record must fit Kafka's "
+        "message.max.bytes, 1 MiB by default)",
+        check=_frame_size,
+    )
     reconnect_backoff: Duration = spec_field(Duration(0.5), doc="first reconnect delay", check=_positive)
     reconnect_backoff_max: Duration = spec_field(Duration(30), doc="largest reconnect delay", check=_positive)
 

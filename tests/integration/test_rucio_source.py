@@ -87,6 +87,7 @@ sources:
       password: "${{STOMP_PASSWORD}}"
       tls: false
       reconnect_backoff: 100ms
+      max_message: 4096
     events: [close, transfer-done]
     scopes: ["user.*"]
 {consumer}"""
@@ -223,6 +224,7 @@ def test_hermes_messages_reach_oscar_once_and_bad_ones_reach_invalid(
         ("close", hermes("close", "data26", "y")),  # scope not selected
         ("close", b"close user.alice:z"),  # poison: not JSON
         ("close", b'{"event_type": "close", "payload": {"name": "no-scope"}}'),  # poison: no scope
+        ("close", hermes("close", "user.alice", "x" * 5000)),  # over max_message
     ]
     for event_type, body in sent:
         rabbitmq.publish_as_hermes(f"/queue/{queue}", body, event_type)
@@ -231,7 +233,7 @@ def test_hermes_messages_reach_oscar_once_and_bad_ones_reach_invalid(
     consumer = start_consumer(spec)
     try:
         wait_for(lambda: len(oscar.job_calls("rucio-svc")) >= 2, timeout=30)
-        invalid = read_topic(bootstrap, f"{queue}.events.invalid", lambda got: len(got) >= 2)
+        invalid = read_topic(bootstrap, f"{queue}.events.invalid", lambda got: len(got) >= 3)
         records = read_topic(bootstrap, f"{queue}.events", lambda got: len(got) >= 3)
 
         def outcome(name: str) -> float | None:
@@ -239,7 +241,7 @@ def test_hermes_messages_reach_oscar_once_and_bad_ones_reach_invalid(
                 "dcnios_producer_upstream_messages_total", {"source": "rucio", "outcome": name}
             )
 
-        wait_for(lambda: outcome("invalid") == 2)
+        wait_for(lambda: outcome("invalid") == 3)
         time.sleep(1.0)  # room for a wrong third call
     finally:
         consumer.halt()
@@ -259,13 +261,14 @@ def test_hermes_messages_reach_oscar_once_and_bad_ones_reach_invalid(
             b'{"event_type": "close", "payload": {"name": "no-scope"}}',
             b"close: payload.scope is missing or not a non-empty string",
         ),
+        (sent[-1][1], f"message of {len(sent[-1][1])} bytes is over stomp.max_message (4096)".encode()),
     ]
     assert (outcome("published"), outcome("skipped"), outcome("released")) == (3, 2, 0)
     [status] = pipeline_status(spec)["sources"]
     assert (status["type"], status["upstream"], status["invalid"]) == (
         "rucio",
         f"stomp /queue/{queue} on 127.0.0.1:{rabbitmq.stomp_port}",
-        2,
+        3,
     )
     # Everything was acknowledged: the selected, the skipped and the poison messages alike.
     assert leftover(rabbitmq, queue) == []
