@@ -39,8 +39,10 @@ lint: install
 	$(BIN)/ruff format --check dcnios producers consumers deploy tests bench
 	cd $(VENV) && bin/mypy --config-file ../pyproject.toml -p dcnios  # outside the repo root, so ./dcnios does not shadow the install
 
+# Three workers on two cores: the tests mostly wait on the broker and the emulators (user CPU is a
+# quarter of the wall time), and every test names its own topics and groups.
 test: lint
-	$(BIN)/pytest -q -m "not reliability" tests
+	$(BIN)/pytest -q -m "not reliability" -n 3 tests
 
 test-unit: install
 	$(BIN)/pytest -q tests/unit

@@ -12,6 +12,7 @@ given or the environment names a proxy for OSCAR. Each answer is classified by
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from typing import Final
 from urllib.parse import urlsplit
@@ -20,6 +21,7 @@ import aiohttp
 import certifi
 from requests.utils import get_environ_proxies
 
+from dcnios.aio import in_daemon_thread
 from dcnios.consumers.http1 import Http1Error, Http1Pool
 from dcnios.consumers.oscar import (
     ANSWER_BYTES,
@@ -112,7 +114,7 @@ class OscarCalls:
         known = self.invoker.cached_token()
         if known is not None:
             return known
-        return await asyncio.to_thread(self.invoker.token)
+        return await in_daemon_thread("oscar-token", self.invoker.token)
 
     async def invoke(self, body: bytes, headers: dict[str, str]) -> Attempt:
         """One call, with one token refetch after a 401; never raises for what OSCAR answers."""
@@ -124,7 +126,9 @@ class OscarCalls:
         attempt = await self._post(body, headers, token)
         if attempt.status == 401:
             try:
-                refreshed = await asyncio.to_thread(self.invoker.refresh_token, generation)
+                refreshed = await in_daemon_thread(
+                    "oscar-token", functools.partial(self.invoker.refresh_token, generation)
+                )
             except OscarError as exc:
                 return token_failure("token refresh", exc)
             if refreshed:

@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from dcnios.consumers.breaker import CircuitBreaker
+from dcnios.aio import in_daemon_thread
+from dcnios.consumers.breaker import CircuitBreaker, Entry
 from dcnios.consumers.calls import OscarCalls
 from dcnios.consumers.jobs import JobEnd, JobWatch, PendingJobsGate
 from dcnios.consumers.oscar import Attempt
@@ -101,36 +102,41 @@ class RecordDriver:
             await asyncio.sleep(_RECHECK)
         return True
 
-    async def _turn(self, stale: Callable[[], bool]) -> bool:
-        """A concurrency slot, the breaker, the pause, a gate slot, then the rate. True holds the
-        concurrency slot and a gate slot until ``_release_turn`` (and, half-open, the breaker's
-        one call); False holds nothing.
+    async def _turn(self, stale: Callable[[], bool]) -> Entry | None:
+        """A concurrency slot, the breaker, the pause, a gate slot, then the rate. An entry holds
+        the concurrency slot and a gate slot until ``_release_turn`` (and, half-open, the
+        breaker's one call); None holds nothing.
 
         The breaker is asked only once a slot is held: records that queued for a slot while the
         breaker opened must not call once they get one.
         """
         await self._slots.acquire()
-        entered = False
+        entry: Entry | None = None
+
+        def enter() -> bool:
+            nonlocal entry
+            entry = self.breaker.try_enter()
+            return entry is not None
+
         try:
-            entered = await self._until(self.breaker.try_enter, stale)
             if (
-                entered
+                await self._until(enter, stale)
                 and await self._until(lambda: not self.paused(), stale)
                 and (self.gate is None or await self._until(self.gate.try_take, stale))
             ):
                 if await self._rate_slot(stale):
-                    return True
+                    return entry
                 if self.gate is not None:
                     self.gate.cancel()
         except BaseException:
-            if entered:
-                self.breaker.release_probe()
+            if entry is not None:
+                self.breaker.release_probe(entry)
             self._slots.release()
             raise
-        if entered:
-            self.breaker.release_probe()
+        if entry is not None:
+            self.breaker.release_probe(entry)
         self._slots.release()
-        return False
+        return None
 
     async def _rate_slot(self, stale: Callable[[], bool]) -> bool:
         while True:
@@ -163,23 +169,24 @@ class RecordDriver:
         """
         policy, breaker = self.policy, self.breaker
         while not self.stop.is_set() and not stale():
-            if not await self._turn(stale):
+            entry = await self._turn(stale)
+            if entry is None:
                 return None
             try:
                 if stale():  # revoked while waiting for a turn: the partition's new owner calls it
-                    breaker.release_probe()
+                    breaker.release_probe(entry)
                     return None
                 job = policy.job(prepared.event, progress.job_try)
                 started = time.perf_counter()
                 attempt = await self.calls.invoke(prepared.body, policy.headers(prepared.event, job))
             except BaseException:
-                breaker.release_probe()
+                breaker.release_probe(entry)
                 raise
             finally:
                 self._release_turn()
             if on_attempt is not None:
                 on_attempt(attempt, time.perf_counter() - started)
-            self._feed_breaker(attempt)
+            self._feed_breaker(attempt, entry)
             decision = policy.after_call(attempt, progress.attempt, breaker_open=breaker.is_open, job=job)
             if isinstance(decision, Hold):
                 continue
@@ -200,19 +207,19 @@ class RecordDriver:
             return decision
         return None
 
-    def _feed_breaker(self, attempt: Attempt) -> None:
+    def _feed_breaker(self, attempt: Attempt, entry: Entry) -> None:
         base = self.calls.invoker.base
         if attempt.outage is not None:
             # The breaker's probe for TLS is /health (it fails over TLS alike); for refused
             # credentials it is one real call at a time, since /health asks for none.
-            if self.breaker.trip(attempt.error, probe_by_call=attempt.outage == "auth"):
+            if self.breaker.trip(attempt.error, probe_by_call=attempt.outage == "auth", entry=entry):
                 logger.error(
                     "OSCAR %s refuses every call (%s): invocations held, nothing dead-lettered, "
                     "until a probe passes",
                     base,
                     attempt.error,
                 )
-        elif self.breaker.record(attempt.system, attempt.error):
+        elif self.breaker.record(attempt.system, attempt.error, entry):
             logger.error(
                 "OSCAR %s is failing as a whole (%s): invocations held until GET /health answers",
                 base,
@@ -327,7 +334,9 @@ class RecordDriver:
             if not await self.sleep(delay):
                 return
             try:
-                passed = breaker.probe_by_call or await asyncio.to_thread(self.calls.invoker.healthy)
+                passed = breaker.probe_by_call or await in_daemon_thread(
+                    "oscar-health", self.calls.invoker.healthy
+                )
             except Exception:  # the probe must outlive any failure, or the breaker stays open for good
                 logger.exception("%s: the OSCAR health probe failed", name)
                 passed = False

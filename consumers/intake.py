@@ -30,7 +30,11 @@ __all__ = ["Fetched", "Intake"]
 
 logger = logging.getLogger(__name__)
 
-COMMIT_INTERVAL: Final = 1.0
+#: How often finished records are committed (only partitions whose position moved). After a
+#: crash, everything finished since the last commit runs again: at about 3k calls/s a second
+#: was 3k repeated calls per crash. Kafka Streams commits every 100 ms under exactly-once; a
+#: commit is one small request to the group coordinator.
+COMMIT_INTERVAL: Final = 0.2
 #: Admitted-but-unfinished records per process before fetching pauses: at least a second of the
 #: fastest consumer measured (about 3k calls/s at concurrency 128), so the loop never runs dry
 #: between a resume and the next fetch. Pausing makes librdkafka drop what it prefetched, so

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["LoopThread", "loop_factory"]
+__all__ = ["LoopThread", "in_daemon_thread", "loop_factory"]
 
 T = TypeVar("T")
 
@@ -23,6 +23,39 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     except ImportError:
         return asyncio.new_event_loop
     return uvloop.new_event_loop
+
+
+async def in_daemon_thread(name: str, call: Callable[[], T]) -> T:
+    """``call()`` on a daemon thread of its own, awaited without blocking the loop.
+
+    Not ``asyncio.to_thread``: the default executor's threads are joined when the loop closes and
+    again when the interpreter exits, so a stop would wait for a blocking HTTP call (an OSCAR
+    ``/health`` probe or a token request) to time out, up to its connect timeout plus 10 s. A
+    daemon thread is abandoned instead; its result, if it ever comes, is dropped.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return  # the waiter was cancelled (a stop)
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result = call()
+        except BaseException as exc:  # handed to the waiter, like to_thread does
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(settle, None, exc)
+            return
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return await future
 
 
 class LoopThread:

@@ -17,7 +17,8 @@ from dcnios.consumers.oscar import DCACHE_PROVIDER, OscarInvoker, service_input
 from dcnios.consumers.record import staged_name
 from dcnios.errors import DcniosError, OscarError
 from dcnios.producers.dcache_api import DCacheClient
-from dcnios.spec import ConsumerSpec, PipelineSpec, SourceSpec
+from dcnios.producers.upstream_sqs import sqs_client
+from dcnios.spec import ConsumerSpec, PipelineSpec, S3NotificationsSourceSpec, SourceSpec
 
 __all__ = ["Finding", "diagnose"]
 
@@ -35,8 +36,33 @@ class Finding:
 def diagnose(spec: PipelineSpec) -> Iterator[Finding]:
     for source in spec.dcache_sources:
         yield from _source(source)
+    for s3 in spec.sources:
+        if isinstance(s3, S3NotificationsSourceSpec) and s3.sqs is not None:
+            yield from _sqs(s3)
     for consumer in spec.consumers:
         yield from _consumer(spec, consumer)
+
+
+def _sqs(source: S3NotificationsSourceSpec) -> Iterator[Finding]:
+    """The queue answers with these credentials (ReceiveMessage needs the same rights as reading its
+    attributes in every policy we know of; nothing is received here)."""
+    assert source.sqs is not None
+    subject = f"source {source.name}"
+    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    try:
+        attrs = sqs_client(source.sqs).get_queue_attributes(
+            QueueUrl=source.sqs.queue_url, AttributeNames=names
+        )
+    except Exception as exc:  # botocore's errors and connection failures: each one is the finding
+        yield Finding(
+            "fail",
+            subject,
+            f"SQS queue {source.sqs.queue_url} does not answer: {exc}",
+            "check sqs.queue_url, sqs.region, the credentials and the queue policy",
+        )
+        return
+    waiting = sum(int(attrs["Attributes"].get(n, 0)) for n in names)
+    yield Finding("ok", subject, f"SQS queue {source.sqs.queue_url} answers ({waiting} messages in it)")
 
 
 def _source(source: SourceSpec) -> Iterator[Finding]:

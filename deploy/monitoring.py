@@ -135,6 +135,17 @@ PANELS: Final[tuple[Panel, ...]] = (
         ),
     ),
     Panel(
+        "Relayed sources (S3 notifications): upstream messages /s by outcome",
+        "source",
+        "ops",
+        (
+            Query(
+                _rate("dcnios_producer_upstream_messages_total", "source, outcome", _S),
+                "{{source}} {{outcome}}",
+            ),
+        ),
+    ),
+    Panel(
         "OSCAR calls /s by outcome",
         "consumer",
         "ops",
@@ -281,6 +292,15 @@ ALERTS: Final[tuple[Alert, ...]] = (
         "dcnios source {{ $labels.source }}: checkpoint 15 minutes behind the events read",
         "Events were read but the checkpoint has not advanced past them for 15 minutes: "
         "records are not being acknowledged by Kafka, or a gap repair is stuck.",
+    ),
+    Alert(
+        "DcniosUpstreamReleased",
+        'sum by (source) (increase(dcnios_producer_upstream_messages_total{outcome="released"}[10m])) > 0',
+        "0m",
+        "warning",
+        "dcnios source {{ $labels.source }}: upstream messages not written to Kafka",
+        "Kafka did not acknowledge a batch within message.timeout.ms: it was handed back to the "
+        "upstream (redelivered later) and the source restarted. Check the brokers.",
     ),
     Alert(
         "DcniosJobsFailing",

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+import orjson
+
 from dcnios.inotify import IN_ISDIR, MASK_ORDER
 from dcnios.producers.sse import Frame, Oversized
 from dcnios.spec import SourceSpec
@@ -134,8 +136,13 @@ def _json(data: bytes | None) -> Any:
     another exception: nesting 100,000 deep raises RecursionError, a 5,000-digit number a plain
     ValueError (CPython's limit on int digits); either would crash the producer, which would
     replay the same frame and crash again."""
+    raw = data or b""
     try:
-        return json.loads((data or b"").decode("utf-8"))
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass  # orjson's messages name no column, and it refuses what json accepts (NaN, >64-bit ints)
+    try:
+        return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise _NotJson(f"data is not UTF-8 (byte {exc.start})") from None
     except json.JSONDecodeError as exc:

@@ -10,7 +10,9 @@ The formats (shared/reference/field-2026-12.md §5.1-5.3, and upstream):
   is the key as it is (``record.object_key = key.name``), ``sequencer`` the hex of a timestamp.
 * **AWS** (through SQS): ``{"Records":[…]}``, ``eventSource: aws:s3``, ``eventName`` without
   ``s3:``, the key URL-encoded (spaces as ``+``); a new queue first gets
-  ``{"Service":"Amazon S3","Event":"s3:TestEvent",…}``, which is skipped.
+  ``{"Service":"Amazon S3","Event":"s3:TestEvent",…}``, which is skipped. Through SNS (fan-out)
+  without raw message delivery, SNS's envelope ``{"Type":"Notification","Message":"<json>",…}``
+  is opened and its message is the notification.
 
 What OSCAR's supervisor stages (faas-supervisor ``events/__init__.py``): ``Records[0]`` only, with
 ``eventSource`` ``minio:s3`` or ``aws:s3`` (``ceph:s3`` is not known), the key passed through
@@ -75,6 +77,24 @@ def translate(
         return Rejected(f"not JSON: {exc}")
     if not isinstance(doc, dict):
         return Rejected(f"not a JSON object but {type(doc).__name__}")
+    if fmt == "aws" and doc.get("Type") == "Notification" and isinstance(doc.get("Message"), str):
+        # S3 → SNS → SQS without raw message delivery: SNS's envelope holds the notification as a
+        # string. The notification itself is what the supervisor needs, so it becomes the body.
+        inner = doc["Message"].encode()
+        return translate(
+            Delivery(
+                inner,
+                delivery.origin,
+                delivery.key,
+                delivery.attributes,
+                delivery.handle,
+                delivery.received_ms,
+            ),
+            source=source,
+            fmt=fmt,
+            events=events,
+            storage_provider=storage_provider,
+        )
     if doc.get("Event") == "s3:TestEvent":
         return Skipped("s3:TestEvent")
     records = doc.get("Records")

@@ -16,6 +16,7 @@ from dcnios.cli._common import EXIT_OK, StopFlag, add_common, load_spec_arg
 from dcnios.codec import SCHEMA_HEADER, StorageEventCodec
 from dcnios.errors import CodecError, KafkaError
 from dcnios.kafka import consumer_config
+from dcnios.storage_event import V1_FIELDS
 
 __all__ = ["record_json", "register"]
 
@@ -61,7 +62,13 @@ def record_json(msg: Message, codec: StorageEventCodec) -> dict[str, Any]:
     is_event = any(k == SCHEMA_HEADER for k, _ in headers) or (codec.confluent and value and value[0] == 0)
     if is_event:
         try:
-            out["value"] = codec.decode(value, headers, msg.topic() or "").to_avro()
+            event = codec.decode(value, headers, msg.topic() or "")
+            datum = event.to_avro()
+            if not event.extended:  # a dCache record: its v1 fields, as before v2
+                datum = {k: datum[k] for k in V1_FIELDS}
+            elif datum["original"] is not None:  # the notification: text if it is, else base64
+                datum["original"] = _text(datum["original"])
+            out["value"] = datum
             return out
         except CodecError as exc:
             out["decode_error"] = str(exc)

@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import secrets
+import socket
 import threading
 import time
 import uuid
@@ -97,6 +98,13 @@ class _Service:
 
 
 class _QuietServer(ThreadingHTTPServer):
+    # OSCAR is a Go net/http server, whose listen backlog is the kernel's somaxconn (Go's
+    # net/sock_linux.go maxListenerBacklog; 4096 on current kernels). socketserver's default of
+    # 5 drops the SYNs of a client that opens its connections at once, and each dropped SYN costs
+    # a 1 s retransmit: a stall real OSCAR does not have. Set on the class, since the constructor
+    # listens before an instance attribute could be set.
+    request_queue_size = socket.SOMAXCONN
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Clients killed mid-request (the kill -9 scenarios) reset connections: not an emulator error.
         logger.debug("connection from %s ended abruptly", client_address)
@@ -132,7 +140,6 @@ class OscarEmulator:
         self.outage = False
         self._server = _QuietServer(("127.0.0.1", port), _make_handler(self))
         self._server.daemon_threads = True
-        self._server.request_queue_size = 256
 
     # -- lifecycle -------------------------------------------------------------------------
     @property

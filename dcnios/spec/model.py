@@ -433,7 +433,9 @@ class SqsSpec:
     )
     ca_bundle: str | None = spec_field(None, doc="CA bundle for the endpoint's certificate")
     wait_time: Duration = spec_field(
-        Duration(20), doc="long-poll wait of one ReceiveMessage (at most 20 s, SQS's limit)"
+        Duration(5),
+        doc="long-poll wait of one ReceiveMessage (at most 20 s, SQS's limit); a stop waits for the "
+        "poll under way, so longer means fewer requests and a slower stop",
     )
     max_messages: int = spec_field(10, doc="messages per ReceiveMessage (1-10, SQS's limit)", check=_positive)
     visibility_timeout: Duration | None = spec_field(

@@ -3,6 +3,11 @@ revoke lets the calls under way count. Against the real broker and the OSCAR emu
 
 from __future__ import annotations
 
+import contextlib
+import re
+import signal
+import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -10,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
-from consumer_harness import committed, consumer_spec, event, invoked_names, produce, start
+from consumer_harness import committed, consumer_spec, event, invoked_names, produce, spawn_consumer, start
 from producer_harness import wait_for
 
 from dcnios.cli import main as dcnios_main
@@ -111,3 +116,59 @@ def test_a_revoke_commits_the_calls_that_were_under_way(
                 second.halt()
         counts = Counter(invoked_names(oscar.job_calls("grayify")))
     assert counts == {event(i).name: 1 for i in range(4)}
+
+
+def test_a_stop_does_not_wait_for_a_health_probe_under_way(
+    bootstrap: str, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    # The breaker's GET /health ran on asyncio's default executor, which a closing loop joins: a
+    # stop waited for a hanging probe to time out (its 10 s read timeout). A raw socket stands in
+    # for an OSCAR whose jobs fail with 503 and whose /health hangs.
+    server = socket.create_server(("127.0.0.1", 0))
+    probes: list[socket.socket] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError), server:
+            while True:
+                conn, _ = server.accept()
+                threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    def answer(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), contextlib.ExitStack() as closing:
+            closing.callback(lambda: None if conn in probes else conn.close())
+            while True:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    head += data
+                if head.startswith(b"GET /health"):
+                    probes.append(conn)  # never answered
+                    return
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+                body = head.split(b"\r\n\r\n", 1)[1]
+                while len(body) < length:
+                    body += conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+    prefix = unique("h")
+    consumer_spec(tmp_path, bootstrap, endpoint, prefix, token="t" * 64, oscar_extra="connect_timeout: 5s")
+    produce(bootstrap, f"{prefix}.events", [event(i) for i in range(8)])
+    with (tmp_path / "consumer.log").open("wb") as log:
+        proc = spawn_consumer(str(tmp_path / f"{prefix}.yaml"), log)
+        try:
+            wait_for(lambda: probes, 60)  # the breaker opened, and its probe hangs
+            stopped = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+            took = time.monotonic() - stopped
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            server.close()
+            for probe in probes:
+                probe.close()
+    assert took < 6, f"the stop took {took:.1f}s"

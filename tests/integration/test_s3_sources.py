@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,15 @@ from consumer_harness import start as start_consumer
 from producer_harness import Running, read_topic, run_in_thread, wait_for
 from s3_harness import ceph_body, minio_body
 
+from dcnios.codec import StorageEventCodec
+from dcnios.consumers.replay import replay_window
+from dcnios.doctor import diagnose
 from dcnios.kafka import ensure_topics
 from dcnios.metrics import ProducerMetrics
 from dcnios.producers.relay import RelayRunner
+from dcnios.producers.s3_notifications import translate
 from dcnios.producers.sources import runner_for
+from dcnios.producers.upstream import Delivery, Events
 from dcnios.sandbox.oscar import OscarEmulator
 from dcnios.spec import PipelineSpec, load_spec
 from dcnios.status import pipeline_status
@@ -42,7 +48,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def s3_spec(tmp_path: Path, bootstrap: str, prefix: str, source: str, consumer: str = "") -> PipelineSpec:
+def s3_spec(
+    tmp_path: Path, bootstrap: str, prefix: str, source: str, consumer: str = "", *, create: bool = True
+) -> PipelineSpec:
     text = f"""\
 kafka:
   bootstrap_servers: "{bootstrap}"
@@ -57,7 +65,8 @@ sources:
     path = tmp_path / f"{prefix}.yaml"
     path.write_text(text)
     spec = load_spec(path, env={"HOOK_TOKEN": "s3cr3t-token"})
-    ensure_topics(spec.kafka, topic_plan(spec))
+    if create:
+        ensure_topics(spec.kafka, topic_plan(spec))
     return spec
 
 
@@ -318,3 +327,52 @@ consumers:
         assert not member.errors
         assert sorted(c.body for c in jobs(oscar)) == sorted([first, second])
         assert dead[0] == b"poison"
+
+
+def test_replay_resends_the_native_bodies_of_a_window(
+    bootstrap: str, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    """`dcnios replay` carries S3 records the way the consumer does: each notification once."""
+    prefix = unique("replay-s3")
+    bodies = [minio_body("oscar", f"in/{i}.tif", sequencer=f"{i:X}") for i in range(3)]
+    with OscarEmulator() as oscar:
+        token = oscar.add_service("grayify")
+        consumer = f"""\
+consumers:
+  - name: svc
+    topic: {prefix}.events
+    oscar: {{endpoint: "{oscar.endpoint}", token: "{token}", service: grayify, timeout: 2s}}
+"""
+        spec = s3_spec(tmp_path, bootstrap, prefix, "    format: minio\n    webhook: {port: 8470}", consumer)
+        codec = StorageEventCodec()
+        producer = Producer({"bootstrap.servers": bootstrap})
+        for body in [*bodies, bodies[0]]:  # the first notification twice (a retried webhook)
+            (event,) = translate_minio(body)
+            value, headers = codec.encode(event, f"{prefix}.events")
+            producer.produce(f"{prefix}.events", value, event.key, headers=headers)
+        assert producer.flush(10) == 0
+        result = replay_window(spec, spec.consumers[0], 0, int(time.time() * 1000) + 1000)
+        assert result.invoked == 3 and result.duplicates == 1 and not result.failed
+        assert sorted(c.body for c in jobs(oscar)) == sorted(bodies)
+
+
+def translate_minio(body: bytes) -> tuple[StorageEvent, ...]:
+    out = translate(Delivery(body, "test", received_ms=1), source="s3in", fmt="minio")
+    assert isinstance(out, Events)
+    return out.events
+
+
+def test_doctor_checks_the_sqs_queue(
+    tmp_path: Path, unique: Callable[[str], str], aws: dict[str, Any]
+) -> None:
+    queue = (
+        f"    format: aws\n    sqs: {{queue_url: 'QUEUE', endpoint: '{aws['endpoint']}', region: us-east-1}}"
+    )
+    good = s3_spec(tmp_path, "127.0.0.1:9", unique("doc"), queue.replace("QUEUE", aws["queue"]), create=False)
+    (finding,) = diagnose(good)
+    assert finding.level == "ok" and aws["queue"] in finding.message
+    bad = s3_spec(
+        tmp_path, "127.0.0.1:9", unique("doc"), queue.replace("QUEUE", aws["queue"] + "-gone"), create=False
+    )
+    (finding,) = diagnose(bad)
+    assert finding.level == "fail" and "does not answer" in finding.message and "queue policy" in finding.fix

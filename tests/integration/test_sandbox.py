@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import shutil
+import socket
 import stat
 import time
 from collections.abc import Iterator
@@ -224,3 +225,17 @@ def test_worker_pool_is_bounded(tmp_path: Path) -> None:
     runner.shutdown()
     peaks = [int(x) for x in (tmp_path / "peaks").read_text().split()]
     assert len(peaks) == 6 and max(peaks) <= 2
+
+
+def test_the_oscar_emulator_takes_a_burst_of_connections_without_dropping_any() -> None:
+    # A consumer opens its connections at once. With socketserver's listen backlog of 5 the
+    # emulator dropped SYNs, and each dropped one stalled its call by a 1 s retransmit, which
+    # held a partition's commits back; OSCAR (Go) listens with the kernel's somaxconn.
+    with OscarEmulator() as emu:
+        host, port = emu.endpoint.removeprefix("http://").split(":")
+        started = time.monotonic()
+        conns = [socket.create_connection((host, int(port)), timeout=10) for _ in range(300)]
+        took = time.monotonic() - started
+        for conn in conns:
+            conn.close()
+    assert took < 0.9, f"300 connections took {took:.2f}s: SYNs were dropped and retransmitted"

@@ -3,7 +3,7 @@ from __future__ import annotations
 import re
 import time
 
-from dcnios.consumers.breaker import CircuitBreaker
+from dcnios.consumers.breaker import ORDINARY, CircuitBreaker
 from dcnios.consumers.dedup import DedupWindow
 from dcnios.consumers.jobs import JobEnd, PendingJobsGate, job_name
 from dcnios.consumers.oscar import Attempt, service_input
@@ -210,7 +210,7 @@ def test_circuit_breaker_opens_on_a_run_or_a_majority_of_system_failures() -> No
     outcomes = [i % 5 != 0 for i in range(20)]  # 16 of 20 fail, never 5 in a row
     opened = [mixed.record(failed) for failed in outcomes]
     assert opened[-1] and sum(opened) == 1
-    assert mixed.try_enter() is False  # open: no call goes
+    assert mixed.try_enter() is None  # open: no call goes
 
 
 def test_the_breaker_is_half_open_after_a_passing_probe() -> None:
@@ -220,10 +220,14 @@ def test_the_breaker_is_half_open_after_a_passing_probe() -> None:
     assert breaker.is_open
     breaker.probe_passed()  # /health answers: calls may go through again
     assert not breaker.is_open and breaker.half_open
-    assert breaker.record(True, "500 from Kubernetes")  # the first failure re-opens at once
+    probe = breaker.try_enter()
+    assert probe is not None and probe.probe
+    assert breaker.record(True, "500 from Kubernetes", probe)  # the probe failing re-opens at once
     assert breaker.is_open and breaker.reason == "500 from Kubernetes"
     breaker.probe_passed()
-    assert breaker.record(False) is False  # the first success closes it
+    probe = breaker.try_enter()
+    assert probe is not None
+    assert breaker.record(False, "", probe) is False  # the probe's success closes it
     assert breaker.closings == 1  # counted, so the prober's delays start again however soon it re-opens
     assert not breaker.is_open and not breaker.half_open
     assert not any(breaker.record(True) for _ in range(4))  # closed: a run of five again
@@ -235,17 +239,48 @@ def test_half_open_lets_one_call_through_until_it_reports() -> None:
     assert breaker.is_open and breaker.probe_by_call
     assert not breaker.try_enter()
     breaker.probe_passed()
-    assert breaker.try_enter()  # this caller makes the one call
+    first = breaker.try_enter()  # this caller makes the one call
+    assert first is not None and first is not ORDINARY
     assert not breaker.try_enter()  # held while the probe call is under way
-    breaker.release_probe()  # the probe's caller was stopped before calling: the next one goes
-    assert breaker.try_enter()
-    assert breaker.trip("HTTP 401 again", probe_by_call=True)  # the second caller was refused too
+    breaker.release_probe(ORDINARY)  # not the probe's caller: gives nothing back
+    assert not breaker.try_enter()
+    breaker.release_probe(first)  # the probe's caller was stopped before calling: the next one goes
+    second = breaker.try_enter()
+    assert second is not None
+    breaker.release_probe(first)  # a second release by the first caller frees nothing
+    assert not breaker.try_enter()
+    # the second caller was refused too
+    assert breaker.trip("HTTP 401 again", probe_by_call=True, entry=second)
     assert breaker.is_open and breaker.reason == "HTTP 401 again"
     breaker.probe_passed()
-    assert breaker.try_enter()
-    assert breaker.record(False) is False  # the call was answered: closed
+    third = breaker.try_enter()
+    assert third is not None
+    assert breaker.record(False, "", third) is False  # the call was answered: closed
     assert not breaker.is_open and not breaker.half_open and not breaker.probe_by_call
-    assert breaker.try_enter() and breaker.try_enter()  # closed: every call goes
+    assert breaker.try_enter() is ORDINARY and breaker.try_enter() is ORDINARY  # closed: every call goes
+
+
+def test_only_the_probe_decides_a_half_open_breaker() -> None:
+    breaker = CircuitBreaker()
+    before = [breaker.try_enter() for _ in range(3)]  # calls under way when OSCAR falls over
+    assert all(e is ORDINARY for e in before)
+    for _ in range(5):
+        breaker.record(True, "503")
+    assert breaker.is_open
+    breaker.probe_passed()
+    probe = breaker.try_enter()
+    assert probe is not None
+    assert breaker.record(False, "", probe) is False and not breaker.is_open and not breaker.half_open
+    # Opened again, half-open again: a call from before the outage fails late, as does a refused one.
+    for _ in range(5):
+        breaker.record(True, "503")
+    breaker.probe_passed()
+    probe = breaker.try_enter()
+    assert probe is not None
+    assert breaker.record(True, "timed out", before[0]) is False  # stale: does not re-open it
+    assert not breaker.trip("HTTP 401", probe_by_call=True, entry=before[1])  # stale: nor does this
+    assert breaker.half_open and not breaker.is_open
+    assert breaker.record(False, "", probe) is False and not breaker.half_open  # the probe decides
 
 
 def test_the_pending_jobs_gate_counts_calls_and_recent_returns() -> None:

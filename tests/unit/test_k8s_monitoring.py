@@ -209,6 +209,29 @@ def _cases() -> list[dict[str, Any]]:
             ],
             [{"source": "s", "reason": "EVENT_LOSS"}],
         ),
+        # s: a batch released to its upstream (Kafka did not acknowledge it); t: only published ones.
+        _case(
+            "DcniosUpstreamReleased",
+            "3m",
+            [
+                _series(
+                    "dcnios_producer_upstream_messages_total",
+                    {"source": "s", "outcome": "released"},
+                    "0 0 2 2",
+                ),
+                _series(
+                    "dcnios_producer_upstream_messages_total",
+                    {"source": "t", "outcome": "released"},
+                    "1 1 1 1",
+                ),
+                _series(
+                    "dcnios_producer_upstream_messages_total",
+                    {"source": "t", "outcome": "published"},
+                    "0 5 9 20",
+                ),
+            ],
+            [{"source": "s"}],
+        ),
         # s: events read past a checkpoint written at time 0; t: the same age, nothing unread.
         _case(
             "DcniosCheckpointStale",

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from dcnios.cli.tail import record_json as tail_json
+from dcnios.codec import StorageEventCodec
 from dcnios.consumers.record import DeadLetter, Prepared, RecordPolicy
+from dcnios.deploy.recipe import render
 from dcnios.errors import ConfigError
 from dcnios.producers.s3_notifications import translate
 from dcnios.producers.upstream import Delivery, Events, Rejected, Skipped
-from dcnios.spec import S3NotificationsSourceSpec, parse_spec, spec_json_schema
-from dcnios.storage_event import StorageEvent, dedup_key
+from dcnios.spec import S3NotificationsSourceSpec, load_spec, parse_spec, spec_json_schema
+from dcnios.storage_event import V1_FIELDS, StorageEvent, dedup_key
+
+CODEC = StorageEventCodec()
 
 AWS_TEST_EVENT = (
     b'{"Service":"Amazon S3","Event":"s3:TestEvent","Time":"2026-12-06T10:00:00.000Z",'
@@ -246,3 +252,100 @@ def test_payload_modes_refuse_what_they_cannot_send() -> None:
     assert isinstance(prepared, Prepared) and prepared.body == b"\x00any"
     record = _policy("record", None).prepare(S3)
     assert isinstance(record, Prepared) and json.loads(record.body)["kind"] == "s3"
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt"),
+    [("s3-minio-kafka", "minio"), ("s3-minio-webhook", "minio"), ("s3-ceph", "ceph"), ("s3-aws-sqs", "aws")],
+)
+def test_example_specs_of_every_source_are_valid(name: str, fmt: str) -> None:
+    spec = load_spec(EXAMPLES / f"{name}.yaml", env={})
+    (source,) = spec.sources
+    assert isinstance(source, S3NotificationsSourceSpec) and source.format == fmt
+    assert spec.consumers[0].payload == "native"
+
+
+def test_the_raw_example_is_valid() -> None:
+    spec = load_spec(EXAMPLES / "kafka-raw.yaml", env={})
+    assert spec.sources == () and spec.consumers[0].payload == "raw"
+
+
+def test_the_nifi_recipe_refuses_what_it_cannot_carry() -> None:
+    """The recipe's flow decodes dCache records only: an S3 topic or payload: raw is refused."""
+    spec = parse_spec(spec_text("    format: minio\n    kafka: {topic: x}"), env={})
+    with pytest.raises(ConfigError, match="records of s3-notifications sources"):
+        render(spec, spec.consumers[0], version=2, partitions=1, authorization="Bearer x")
+    raw = parse_spec(
+        "consumers:\n  - {name: c, topic: t, payload: raw,\n"
+        "     oscar: {endpoint: 'https://o', service: s, token: x}}\n",
+        env={},
+    )
+    with pytest.raises(ConfigError, match="not payload: raw"):
+        render(raw, raw.consumers[0], version=2, partitions=1, authorization="Bearer x")
+
+
+def test_tail_shows_an_s3_record_with_its_notification_as_text() -> None:
+    class Msg:
+        def __init__(self, event: StorageEvent) -> None:
+            self._value, self._headers = CODEC.encode(event, "t")
+
+        def headers(self) -> Any:
+            return self._headers
+
+        def value(self) -> bytes:
+            return self._value
+
+        def topic(self) -> str:
+            return "t"
+
+        def partition(self) -> int:
+            return 0
+
+        def offset(self) -> int:
+            return 1
+
+        def timestamp(self) -> tuple[int, int]:
+            return (1, 5)
+
+        def key(self) -> bytes:
+            return b"b/k"
+
+    shown = json.loads(json.dumps(tail_json(Msg(S3), CODEC)))  # type: ignore[arg-type]
+    assert shown["value"]["original"] == '{"Records":[]}' and shown["value"]["kind"] == "s3"
+    dcache = tail_json(Msg(DCACHE), CODEC)  # type: ignore[arg-type]
+    assert list(dcache["value"]) == list(V1_FIELDS)
+
+
+def test_an_sns_envelope_is_opened() -> None:
+    inner = json.dumps({"Records": [record(key="in/x+1")]})
+    envelope = {
+        "Type": "Notification",
+        "MessageId": "m",
+        "TopicArn": "arn:aws:sns:eu-west-1:1:t",
+        "Message": inner,
+    }
+    event = one(envelope)
+    assert event.object_key == "in/x 1" and event.original == inner.encode()
+    test = {"Type": "Notification", "Message": AWS_TEST_EVENT.decode()}
+    assert translate(delivery(test), source="s", fmt="aws") == Skipped("s3:TestEvent")
+
+
+def test_a_native_consumer_of_a_dcache_topic_still_needs_the_input_path_with_a_token() -> None:
+    text = """\
+sources:
+  - {name: in, endpoint: "https://d:3880/api/v1", paths: [/data/in], topic: dcache.events}
+consumers:
+  - {name: c, topic: dcache.events, oscar: {endpoint: "https://o", service: s, token: t}}
+"""
+    assert problems(text) == [
+        "consumers[0].oscar.input_path: needed for payload: native on a topic a dcache source writes, "
+        "with a service token (the service's webdav input path), or give username/password to read it "
+        "from the service (line 4)"
+    ]
+    assert problems(text.replace("token: t}", "token: t}, payload: dcache")) == [
+        "consumers[0].oscar.input_path: needed for payload: dcache with a service token (the service's "
+        "webdav input path), or give username/password to read it from the service (line 4)"
+    ]
