@@ -32,7 +32,7 @@ from dcnios.producers.upstream import Delivery
 from dcnios.spec import StompSpec
 from dcnios.storage_event import now_millis
 
-__all__ = ["StompUpstream"]
+__all__ = ["StompUpstream", "login_problem"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +120,58 @@ class _SocketErrors(logging.Handler):
             and (str(args[0]), str(args[1])) in self._hosts
         ):
             self.errors.append(f"{args[0]}:{args[1]}: {args[2]}")
+
+
+def _connection(spec: StompSpec, hosts: list[tuple[str, int]]) -> stomp.Connection12:
+    heartbeat = int(spec.heartbeat * 1000)
+    conn = stomp.Connection12(
+        host_and_ports=hosts,
+        vhost=spec.vhost,
+        heartbeats=(heartbeat, heartbeat),
+        keepalive=True,
+        timeout=_CONNECT_TIMEOUT,
+        auto_decode=False,  # the body's bytes, as Hermes sent them
+        reconnect_attempts_max=1,  # the backoff is ours (StompUpstream._run), across all brokers
+    )
+    if spec.tls:
+        conn.set_ssl(
+            for_hosts=hosts,
+            ca_certs=spec.ca_bundle,
+            cert_file=spec.cert,
+            key_file=spec.key,
+            verify=spec.verify,
+        )
+    return conn
+
+
+def login_problem(spec: StompSpec) -> str | None:
+    """Connect and log in as the source would, then disconnect: why it failed, or None.
+
+    No SUBSCRIBE: a subscription would take messages off the queue while it lasts.
+    """
+    hosts = [_host_port(b) for b in spec.brokers]
+    conn = _connection(spec, hosts)
+    errors: list[str] = []
+
+    class _Errors(stomp.ConnectionListener):  # type: ignore[misc]
+        def on_error(self, frame: Any) -> None:
+            body = frame.body.decode(errors="replace") if isinstance(frame.body, bytes) else str(frame.body)
+            errors.append(f"{frame.headers.get('message', '')} {body}".strip())
+
+    conn.set_listener("doctor", _Errors())
+    socket_errors = _SocketErrors(hosts)
+    stomp_log = logging.getLogger("stomp.py")
+    stomp_log.addHandler(socket_errors)
+    password = spec.password.reveal() if spec.password is not None else None
+    try:
+        conn.connect(spec.username, password, wait=True)
+    except stomp.exception.StompException as exc:
+        return "; ".join(errors or socket_errors.errors) or type(exc).__name__
+    finally:
+        stomp_log.removeHandler(socket_errors)
+    with contextlib.suppress(stomp.exception.StompException, OSError):
+        conn.disconnect()
+    return None
 
 
 def _host_port(broker: str) -> tuple[str, int]:
@@ -280,24 +332,7 @@ class StompUpstream:
 
     def _connect(self) -> None:
         spec = self.spec
-        heartbeat = int(spec.heartbeat * 1000)
-        conn = stomp.Connection12(
-            host_and_ports=self.hosts,
-            vhost=spec.vhost,
-            heartbeats=(heartbeat, heartbeat),
-            keepalive=True,
-            timeout=_CONNECT_TIMEOUT,
-            auto_decode=False,  # the body's bytes, as Hermes sent them
-            reconnect_attempts_max=1,  # the backoff is ours (_run), across all brokers
-        )
-        if spec.tls:
-            conn.set_ssl(
-                for_hosts=self.hosts,
-                ca_certs=spec.ca_bundle,
-                cert_file=spec.cert,
-                key_file=spec.key,
-                verify=spec.verify,
-            )
+        conn = _connection(spec, self.hosts)
         with self._lock:
             self._generation += 1
             generation = self._generation

@@ -24,6 +24,7 @@ from producer_harness import Running, read_topic, run_in_thread, wait_for
 from rabbitmq_node import RabbitNode
 
 from dcnios.broker import EmbeddedBroker, free_port
+from dcnios.doctor import diagnose
 from dcnios.errors import RemoteError
 from dcnios.kafka import ensure_topics
 from dcnios.metrics import ProducerMetrics
@@ -209,6 +210,18 @@ def test_the_readme_permissions_let_dcnios_subscribe_and_nothing_more(
             wait_for(lambda: "access_refused" in caplog.text)
         finally:
             other.close()
+
+
+def test_doctor_checks_the_stomp_login(tmp_path: Path, rabbitmq: RabbitNode, bootstrap: str) -> None:
+    path = write_spec(tmp_path, rabbitmq, bootstrap, "doctor")
+    findings = {}
+    for password in (rabbitmq.password, "wrong"):
+        spec = load_spec(path, env={"STOMP_PASSWORD": password})
+        [finding] = list(diagnose(spec))
+        findings[password] = finding
+    good, bad = findings[rabbitmq.password], findings["wrong"]
+    assert (good.level, good.subject) == ("ok", "source rucio") and "accepts the login" in good.message
+    assert bad.level == "fail" and "Access refused for user 'hermes'" in bad.message, bad
 
 
 @pytest.fixture
