@@ -48,7 +48,7 @@ from dcnios.deploy.strimzi import (
 )
 from dcnios.deploy.workloads import PRODUCER_GRACE_S, Workload, consumer_grace_seconds, workload_manifests
 from dcnios.errors import ConfigError
-from dcnios.spec import ConsumerSpec, PipelineSpec
+from dcnios.spec import ConsumerSpec, PipelineSpec, S3NotificationsSourceSpec
 
 __all__ = ["Bundle", "RenderOptions", "render", "write"]
 
@@ -106,6 +106,7 @@ def _workloads(
         pod = _pod_spec(replace(spec, sources=(s,), consumers=()), producer_principal(s), options)
         args = ("-c", SPEC_PATH, "--source", s.name, "--metrics-port", port)
         name = dns_name(f"dcnios-producer-{s.name}")
+        webhook = s.webhook if isinstance(s, S3NotificationsSourceSpec) else None
         out.append(
             Workload(
                 "producer",
@@ -117,6 +118,7 @@ def _workloads(
                 producer_resources(),
                 PRODUCER_GRACE_S,
                 options.image,
+                ports=(("webhook", webhook.port),) if webhook is not None else (),
             )
         )
     for c in consumers:

@@ -27,8 +27,10 @@ from dcnios.spec import (
     Rate,
     RegistrySpec,
     SourceSpec,
+    SqsSpec,
     SslSpec,
     StompSpec,
+    WebhookSpec,
 )
 
 __all__ = ["SECRETS_DIR", "SPEC_PATH", "FileKey", "PodSpecFile", "SecretEnv", "pod_spec_file"]
@@ -49,12 +51,16 @@ _FILE_FIELDS: Final[frozenset[tuple[type, str]]] = frozenset(
         (DCacheAuth, "cert"),
         (DCacheAuth, "key"),
         (SourceSpec, "ca_bundle"),
+        (SqsSpec, "ca_bundle"),
         (OscarSpec, "ca_bundle"),
         (StompSpec, "ca_bundle"),
         (StompSpec, "cert"),
         (StompSpec, "key"),
     }
 )
+#: A webhook source listens on its pod's own address (127.0.0.1 would let nothing in), the one the
+#: Deployment hands the metrics server in $DCNIOS_METRICS_ADDR; its Service names the port.
+_POD_ADDRESS_FIELDS: Final[frozenset[tuple[type, str]]] = frozenset({(WebhookSpec, "host")})
 _SAFE_KEY: Final = re.compile(r"[^-._a-zA-Z0-9]")
 
 
@@ -145,6 +151,8 @@ def _node(obj: Any, key: str, collector: _Collector) -> dict[str, Any]:
                 out[f.name] = collector.variable(field_key)
         elif (type(obj), f.name) in _FILE_FIELDS:
             out[f.name] = collector.file(field_key)
+        elif (type(obj), f.name) in _POD_ADDRESS_FIELDS:
+            out[f.name] = "${DCNIOS_METRICS_ADDR}"
         else:
             out[f.name] = _value(value, field_key, collector)
     return out

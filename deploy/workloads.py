@@ -40,6 +40,8 @@ class Workload:
     resources: Resources
     grace_seconds: int
     image: str
+    #: Ports beyond metrics that others connect to (a webhook source's), as (name, port).
+    ports: tuple[tuple[str, int], ...] = ()
 
 
 def consumer_grace_seconds(consumer: ConsumerSpec, kafka: KafkaSpec) -> int:
@@ -109,7 +111,10 @@ def _deployment(w: Workload, config_map: str) -> Manifest:
         "command": [w.command],
         "args": list(w.args),
         "env": env,
-        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+            *({"name": name, "containerPort": port, "protocol": "TCP"} for name, port in w.ports),
+        ],
         "livenessProbe": _probe("/healthz", 10, 3),
         "readinessProbe": _probe("/healthz", 10, 2),
         "resources": w.resources.to_dict(),
@@ -188,7 +193,10 @@ def workload_manifests(w: Workload) -> list[Manifest]:
                         "app.kubernetes.io/component": w.component,
                         "app.kubernetes.io/instance": w.instance,
                     },
-                    "ports": [{"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"}],
+                    "ports": [
+                        {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"},
+                        *({"name": name, "port": port, "targetPort": name} for name, port in w.ports),
+                    ],
                 }
             },
             {**labels, JOB_LABEL: f"dcnios-{w.component}"},

@@ -568,3 +568,20 @@ def test_long_names_still_make_valid_objects() -> None:
     assert all_problems(out.documents()) == []
     deployments = [d["metadata"]["name"] for d in out.documents() if d["kind"] == "Deployment"]
     assert all(len(n) <= 63 for n in deployments) and len(set(deployments)) == 2
+
+
+def test_a_webhook_source_listens_on_its_pod_address_behind_its_service(tmp_path: Path) -> None:
+    token = tmp_path / "hook"
+    token.write_text("hook-secret\n")
+    spec = load_spec(REPO / "examples" / "s3-minio-webhook.yaml", env={"MINIO_WEBHOOK_TOKEN": "t"})
+    out = render(spec, RenderOptions())
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in out.documents()}
+    container = docs["Deployment", "dcnios-producer-minio-hook"]["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "webhook", "containerPort": 8470, "protocol": "TCP"} in container["ports"]
+    service = docs["Service", "dcnios-producer-minio-hook"]["spec"]
+    assert {"name": "webhook", "port": 8470, "targetPort": "webhook"} in service["ports"]
+    text = docs["ConfigMap", "dcnios-producer-minio-hook-spec"]["data"]["spec.yaml"]
+    text = text.replace("/etc/dcnios/secrets/dcnios-secrets/sources.minio-hook.webhook.token", str(token))
+    (source,) = parse_spec(text, env={"DCNIOS_METRICS_ADDR": "10.1.2.3"}).sources
+    assert source.webhook is not None and source.webhook.host == "10.1.2.3"  # type: ignore[union-attr]
+    assert source.webhook.token is not None and source.webhook.token.reveal() == "hook-secret"  # type: ignore[union-attr]
