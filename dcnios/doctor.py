@@ -18,7 +18,8 @@ from dcnios.consumers.record import staged_name
 from dcnios.errors import DcniosError, OscarError
 from dcnios.producers.dcache_api import DCacheClient
 from dcnios.producers.upstream_sqs import sqs_client
-from dcnios.spec import ConsumerSpec, PipelineSpec, S3NotificationsSourceSpec, SourceSpec
+from dcnios.producers.upstream_stomp import login_problem
+from dcnios.spec import ConsumerSpec, PipelineSpec, RucioSourceSpec, S3NotificationsSourceSpec, SourceSpec
 
 __all__ = ["Finding", "diagnose"]
 
@@ -39,6 +40,8 @@ def diagnose(spec: PipelineSpec) -> Iterator[Finding]:
     for s3 in spec.sources:
         if isinstance(s3, S3NotificationsSourceSpec) and s3.sqs is not None:
             yield from _sqs(s3)
+        if isinstance(s3, RucioSourceSpec):
+            yield from _stomp(s3)
     for consumer in spec.consumers:
         yield from _consumer(spec, consumer)
 
@@ -63,6 +66,27 @@ def _sqs(source: S3NotificationsSourceSpec) -> Iterator[Finding]:
         return
     waiting = sum(int(attrs["Attributes"].get(n, 0)) for n in names)
     yield Finding("ok", subject, f"SQS queue {source.sqs.queue_url} answers ({waiting} messages in it)")
+
+
+def _stomp(source: RucioSourceSpec) -> Iterator[Finding]:
+    """The STOMP broker takes the source's login (TLS verified as the source verifies it)."""
+    stomp = source.stomp
+    where = f"STOMP broker {','.join(stomp.brokers)}"
+    problem = login_problem(stomp)
+    if problem is not None:
+        yield Finding(
+            "fail",
+            f"source {source.name}",
+            f"{where} refuses the connection or the login: {problem}",
+            "check stomp.brokers, tls/ca_bundle, username/password (or cert/key) and stomp.vhost",
+        )
+        return
+    yield Finding(
+        "ok",
+        f"source {source.name}",
+        f"{where} accepts the login (the subscription to {stomp.destination} is not tried: it would take "
+        "messages off the queue)",
+    )
 
 
 def _source(source: SourceSpec) -> Iterator[Finding]:

@@ -80,7 +80,9 @@ class ProducerMetrics:
         self.delivery_errors = Counter(
             "dcnios_producer_delivery_errors", "unacked records", ["source"], registry=r
         )
-        self.reconnects = Counter("dcnios_producer_reconnects", "SSE reconnects", ["source"], registry=r)
+        self.reconnects = Counter(
+            "dcnios_producer_reconnects", "SSE (dCache) or STOMP (Rucio) reconnects", ["source"], registry=r
+        )
         self.gaps = Counter(
             "dcnios_producer_gaps", "gaps in the event stream", ["source", "reason"], registry=r
         )

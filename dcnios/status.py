@@ -21,7 +21,14 @@ from dcnios.consumers.oscar import OscarInvoker
 from dcnios.errors import KafkaError
 from dcnios.kafka import LatchedProducer, admin_client, cluster_metadata, consumer_config, producer_config
 from dcnios.producers.upstream_sqs import sqs_client
-from dcnios.spec import AnySourceSpec, KafkaSpec, PipelineSpec, S3NotificationsSourceSpec, SourceSpec
+from dcnios.spec import (
+    AnySourceSpec,
+    KafkaSpec,
+    PipelineSpec,
+    RucioSourceSpec,
+    S3NotificationsSourceSpec,
+    SourceSpec,
+)
 from dcnios.topics import gaps_topic, invalid_topic
 
 __all__ = [
@@ -231,6 +238,10 @@ def _upstream(spec: PipelineSpec, source: AnySourceSpec) -> tuple[str, int | Non
         if source.webhook is not None:
             w = source.webhook
             return f"webhook http://{w.host}:{w.port}{w.path}", None
+    if isinstance(source, RucioSourceSpec):
+        # STOMP has no way to ask how many messages a queue holds (RabbitMQ's management API and
+        # ActiveMQ's JMX do, outside STOMP): not known here.
+        return f"stomp {source.stomp.destination} on {','.join(source.stomp.brokers)}", None
     return source.type, None
 
 

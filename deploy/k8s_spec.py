@@ -29,6 +29,7 @@ from dcnios.spec import (
     SourceSpec,
     SqsSpec,
     SslSpec,
+    StompSpec,
     WebhookSpec,
 )
 
@@ -52,6 +53,9 @@ _FILE_FIELDS: Final[frozenset[tuple[type, str]]] = frozenset(
         (SourceSpec, "ca_bundle"),
         (SqsSpec, "ca_bundle"),
         (OscarSpec, "ca_bundle"),
+        (StompSpec, "ca_bundle"),
+        (StompSpec, "cert"),
+        (StompSpec, "key"),
     }
 )
 #: A webhook source listens on its pod's own address (127.0.0.1 would let nothing in), the one the

@@ -13,14 +13,15 @@ from collections.abc import Mapping
 
 from dcnios.errors import ConfigError
 from dcnios.metrics import ProducerMetrics
+from dcnios.producers import rucio, s3_notifications
 from dcnios.producers.relay import RelayRunner
 from dcnios.producers.run import SourceRunner
-from dcnios.producers.s3_notifications import translator
 from dcnios.producers.upstream import Upstream
 from dcnios.producers.upstream_http import WebhookUpstream
 from dcnios.producers.upstream_kafka import KafkaTopicUpstream
 from dcnios.producers.upstream_sqs import SqsUpstream
-from dcnios.spec import AnySourceSpec, PipelineSpec, S3NotificationsSourceSpec, SourceSpec
+from dcnios.producers.upstream_stomp import StompUpstream
+from dcnios.spec import AnySourceSpec, PipelineSpec, RucioSourceSpec, S3NotificationsSourceSpec, SourceSpec
 
 __all__ = ["runner_for", "s3_upstream"]
 
@@ -39,7 +40,11 @@ def runner_for(
         return SourceRunner(spec, source, stop=stop, metrics=metrics)
     if isinstance(source, S3NotificationsSourceSpec):
         upstream = s3_upstream(spec, source, consumer_settings)
-        return RelayRunner(spec, source, upstream, translator(source), stop=stop, metrics=metrics)
+        translate = s3_notifications.translator(source)
+        return RelayRunner(spec, source, upstream, translate, stop=stop, metrics=metrics)
+    if isinstance(source, RucioSourceSpec):
+        stomp = StompUpstream(source.stomp, source.name, metrics)
+        return RelayRunner(spec, source, stomp, rucio.translator(source), stop=stop, metrics=metrics)
     raise ConfigError(f"source {source.name}: no runner for type {source.type!r}")
 
 

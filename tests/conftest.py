@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+from rabbitmq_node import RabbitNode, rabbitmq_missing
 
 from dcnios.broker import EmbeddedBroker
 
@@ -27,6 +28,19 @@ def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def unique() -> Callable[[str], str]:
     """unique("orders") -> "orders-1a2b3c4d": names that never collide between tests."""
     return lambda prefix: f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
+    """A private RabbitMQ node with STOMP (Rucio's Hermes talks to one), for the whole session.
+
+    Starting it takes about 5 s (measured here), hence one per session.
+    """
+    missing = rabbitmq_missing()
+    if missing:
+        pytest.skip(missing)
+    with RabbitNode(tmp_path_factory.mktemp("rabbitmq")) as node:
+        yield node
 
 
 @pytest.fixture(scope="session")

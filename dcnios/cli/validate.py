@@ -6,7 +6,14 @@ import argparse
 import sys
 
 from dcnios.cli._common import EXIT_OK, add_common
-from dcnios.spec import AnySourceSpec, PipelineSpec, S3NotificationsSourceSpec, SourceSpec, load_spec
+from dcnios.spec import (
+    AnySourceSpec,
+    PipelineSpec,
+    RucioSourceSpec,
+    S3NotificationsSourceSpec,
+    SourceSpec,
+    load_spec,
+)
 from dcnios.topics import topic_plan
 
 __all__ = ["register", "summary"]
@@ -87,6 +94,16 @@ def _relayed(s: AnySourceSpec) -> str:
             q = s.sqs
             origin = f"sqs {q.queue_url}" + (f" key {q.access_key_id} secret ***" if q.access_key_id else "")
         what = f"{s.type} format={s.format} from {origin} events={list(s.events)}"
+    elif isinstance(s, RucioSourceSpec):
+        st = s.stomp
+        login = f" user {st.username} password ***" if st.username else ""
+        tls = ("tls" + ("" if st.verify else " UNVERIFIED")) if st.tls else "plain text"
+        vhost = f" vhost {st.vhost}" if st.vhost else ""
+        what = (
+            f"{s.type} from stomp {st.destination} on {','.join(st.brokers)}{vhost} ({tls}){login} "
+            f"events={list(s.events)} scopes={list(s.scopes) or 'all'} names={list(s.names) or 'all'}"
+            + (f" rses={list(s.rses)}" if s.rses else "")
+        )
     routes = ", ".join(f"{r.match} -> {r.topic}{_readers(r.readers)}" for r in s.routes)
     return f"source {s.name}: {what} -> {s.topic}{_readers(s.readers)}" + (
         f" (routes: {routes})" if routes else ""

@@ -42,7 +42,15 @@ import yaml
 from dcnios.errors import ConfigError
 from dcnios.sandbox.oscar import Job
 
-__all__ = ["JobRunner", "ObjectStore", "ScriptService", "WebdavDoor", "supervisor_available"]
+__all__ = [
+    "JobRunner",
+    "ObjectStore",
+    "ScriptService",
+    "WebdavDoor",
+    "rucio_did_upstream",
+    "supervisor_available",
+    "supervisor_reads_rucio",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +74,39 @@ exit 0
 
 def supervisor_available() -> bool:
     return importlib.util.find_spec("faassupervisor") is not None
+
+
+def supervisor_reads_rucio() -> bool:
+    """Whether the installed supervisor has Rucio events (PyPI's 1.5.8, of 2023-04, has not)."""
+    return importlib.util.find_spec("faassupervisor.events.rucio") is not None
+
+
+def rucio_did_upstream(event: object) -> tuple[str, str] | None:
+    """The (scope, name) that grycap/faas-supervisor at 97b91f2 (2.0.1, Rucio events since 2025-02,
+    not on PyPI) would download for this JSON body, or None where it would not see a Rucio event.
+
+    Facts, in its order of checks (faassupervisor/events/__init__.py ``parse_event``): a body with
+    ``httpMethod`` is an API-gateway event and one with ``event`` and ``subscription`` a dCache
+    event, both taken first; then ``_is_rucio_event``: ``'event_type' in event and 'scope' in
+    event['payload']``. events/rucio.py ``RucioEvent`` reads ``event.get('event') or event``, then
+    ``payload.name`` (object_key) and ``payload.scope``; storage/providers/rucio.py downloads
+    ``list_files(scope, name)``, every file of a dataset or the file itself, through the input whose
+    provider id is ``rucio`` (the FDL's ``rucio.rucio``).
+    """
+    if not isinstance(event, dict) or "httpMethod" in event:
+        return None
+    if "event" in event and "subscription" in event:
+        return None
+    if "event_type" not in event:
+        return None
+    payload = event["payload"]  # upstream indexes it: a missing payload raises there
+    if not isinstance(payload, dict) or "scope" not in payload:
+        # ``'scope' in <str>`` is a substring test upstream; a string payload then fails in
+        # RucioEvent (str indices), so no DID comes out of it either way.
+        return None
+    inner = event.get("event") or event
+    scope, name = inner["payload"]["scope"], inner["payload"]["name"]
+    return (scope, name) if isinstance(scope, str) and isinstance(name, str) else None
 
 
 @dataclass(frozen=True)

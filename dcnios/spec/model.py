@@ -40,6 +40,7 @@ __all__ = [
     "RegistrySpec",
     "RetrySpec",
     "RouteSpec",
+    "RucioSourceSpec",
     "S3NotificationsSourceSpec",
     "SandboxDCacheSpec",
     "SandboxOscarSpec",
@@ -49,6 +50,7 @@ __all__ = [
     "SourceSpec",
     "SqsSpec",
     "SslSpec",
+    "StompSpec",
     "TopicDefaults",
     "TopicReaders",
     "UpstreamTopicSpec",
@@ -525,10 +527,128 @@ class S3NotificationsSourceSpec:
         return self.topic
 
 
+def _brokers(values: tuple[str, ...]) -> str | None:
+    if not values:
+        return "must name at least one broker (host:port)"
+    for value in values:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in value:
+            return f"expected host:port (Hermes's brokers and port), got {value!r}"
+    return None
+
+
+def _event_types(values: tuple[str, ...]) -> str | None:
+    bad = [v for v in values if v != v.lower()]
+    if bad:
+        return f"Hermes sends event types in lower case (transfer-done, close), got {bad[0]!r}"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class StompSpec:
+    brokers: tuple[str, ...] = spec_field(
+        doc="host:port of the STOMP brokers Hermes sends to (its [messaging-hermes] brokers, with "
+        "port for TLS or nonssl_port); each is tried in turn",
+        check=_brokers,
+        examples=(["rucio-mq.example.org:61614"],),
+    )
+    destination: str = spec_field(
+        doc="the queue Hermes sends to ([messaging-hermes] destination), e.g. /queue/events; a queue "
+        "keeps messages while dcnios is down, a topic does not",
+        examples=("/queue/events",),
+    )
+    vhost: str | None = spec_field(
+        None, doc="virtual host (RabbitMQ; [messaging-hermes] broker_virtual_host); absent: the broker's"
+    )
+    username: str | None = spec_field(None, doc="STOMP login")
+    password: Secret | None = spec_field(None, doc="STOMP passcode (or password_file)")
+    tls: bool = spec_field(True, doc="connect with TLS (STOMP over TLS, usually port 61614)")
+    ca_bundle: str | None = spec_field(
+        None, doc="CA bundle for the brokers' certificates; absent: the system's CAs"
+    )
+    verify: bool = spec_field(
+        True, doc="verify the brokers' certificate and host name (turn off only for a throwaway test)"
+    )
+    cert: str | None = spec_field(None, doc="client certificate (PEM), for brokers that authenticate by it")
+    key: str | None = spec_field(None, doc="private key of cert")
+    prefetch: int = spec_field(
+        256, doc="unacknowledged messages the broker may hand over at once", check=_positive
+    )
+    heartbeat: Duration = spec_field(
+        Duration(10), doc="STOMP heart-beat period both ways; a silent connection is reconnected"
+    )
+    max_message: int = spec_field(
+        512 << 10,
+        doc="largest message body in bytes; a longer one goes to <topic>.invalid (its first 64 KiB) "
+        "and is acknowledged, so it cannot block the queue (the record must fit Kafka's "
+        "message.max.bytes, 1 MiB by default)",
+        check=_frame_size,
+    )
+    reconnect_backoff: Duration = spec_field(Duration(0.5), doc="first reconnect delay", check=_positive)
+    reconnect_backoff_max: Duration = spec_field(Duration(30), doc="largest reconnect delay", check=_positive)
+
+    def validate(self) -> Problems:
+        if not self.destination.strip():
+            yield "destination", "must name a queue or topic"
+        if (self.username is None) != (self.password is None):
+            yield "", "username and password go together"
+        if (self.cert is None) != (self.key is None) and self.key is not None:
+            yield "key", "needs cert"
+        if not self.tls:
+            for key in ("ca_bundle", "cert", "key"):
+                if getattr(self, key) is not None:
+                    yield key, "is set, but tls is false"
+        yield from _file_exists(self.ca_bundle, "ca_bundle")
+        yield from _file_exists(self.cert, "cert")
+        yield from _file_exists(self.key, "key")
+        if self.reconnect_backoff_max < self.reconnect_backoff:
+            yield "reconnect_backoff_max", "must not be smaller than reconnect_backoff"
+
+
+@dataclass(frozen=True, slots=True)
+class RucioSourceSpec:
+    """Rucio's messages (Hermes over STOMP) that name a DID become records keyed ``scope:name``."""
+
+    name: str = spec_field(doc="unique source name (DNS label)", check=_name)
+    type: Literal["rucio"] = spec_field(doc="source kind")
+    topic: str = spec_field(doc="topic for the records", check=_topic)
+    stomp: StompSpec = spec_field(doc="the STOMP broker and destination Hermes sends to")
+    events: tuple[str, ...] = spec_field(
+        ("close",),
+        doc="globs on the event type that become records (close, transfer-done, rule_ok, "
+        "datasetlock_ok, ...); other messages are acknowledged and counted as skipped",
+        check=_event_types,
+    )
+    scopes: tuple[str, ...] = spec_field((), doc="globs on the DID's scope (empty: all)")
+    names: tuple[str, ...] = spec_field((), doc="globs on the DID's name (empty: all)")
+    rses: tuple[str, ...] = spec_field(
+        (),
+        doc="globs on the RSE the message names (transfer-*: dst-rse; datasetlock_ok: rse); empty: "
+        "all, messages without an RSE included",
+    )
+    routes: tuple[RouteSpec, ...] = spec_field((), doc="first matching glob on scope:name picks the topic")
+    readers: tuple[str, ...] | None = spec_field(
+        None,
+        doc="principals allowed to read `topic` (DIDs no route matches); absent: not restricted",
+        check=_principals,
+    )
+
+    def validate(self) -> Problems:
+        if not self.events:
+            yield "events", "must name at least one event type glob"
+
+    def topic_for(self, path: str) -> str:
+        """The topic a record with this DID (scope:name) goes to: the first matching route, else ``topic``."""
+        for route in self.routes:
+            if glob_match(route.match, path):
+                return route.topic
+        return self.topic
+
+
 #: Every kind of source a spec may name, told apart by its ``type`` key (default ``dcache``). A new
 #: kind is a frozen dataclass with a ``type: Literal[...]`` field, ``topic``, ``routes``, ``readers``
 #: and ``topic_for``, added here (its runner: dcnios/producers/sources.py).
-AnySourceSpec = SourceSpec | S3NotificationsSourceSpec
+AnySourceSpec = SourceSpec | S3NotificationsSourceSpec | RucioSourceSpec
 
 
 def source_kinds() -> tuple[type, ...]:
@@ -830,7 +950,7 @@ class TopicReaders:
 class PipelineSpec:
     kafka: KafkaSpec = spec_field(KafkaSpec(), doc="the Kafka cluster")
     sources: tuple[AnySourceSpec, ...] = spec_field(
-        (), doc="event sources; `type` picks the kind: dcache (default), s3-notifications"
+        (), doc="event sources; `type` picks the kind: dcache (default), s3-notifications, rucio"
     )
     consumers: tuple[ConsumerSpec, ...] = spec_field((), doc="OSCAR consumers")
     nifi: NifiSpec | None = spec_field(None, doc="NiFi deployment of some consumers")

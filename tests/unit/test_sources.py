@@ -199,7 +199,7 @@ def test_s3_source_errors_name_the_key_and_line() -> None:
         "type: s3-notifications", "type: s3-notification"
     )
     assert problems(text) == [
-        "sources[0].type: expected one of dcache, s3-notifications, got 's3-notification' "
+        "sources[0].type: expected one of dcache, s3-notifications, rucio, got 's3-notification' "
         "(did you mean 's3-notifications'?) (line 4)"
     ]
 
