@@ -128,10 +128,26 @@ def runs(spec: PipelineSpec) -> dict[str, Run]:
     return read_runs(spec.kafka, runs_topic(spec.kafka, spec.workflows[0].name))
 
 
-def wait_runs(spec: PipelineSpec, count: int, state: str, timeout: float = 60) -> dict[str, Run]:
+def wait_runs(
+    spec: PipelineSpec,
+    count: int,
+    state: str,
+    timeout: float = 60,
+    orchestrator: Orchestrator | None = None,
+) -> dict[str, Run]:
+    """Wait for ``count`` runs in ``state``, then return the runs as the state topic has them.
+
+    With an in-process ``orchestrator`` its memory is watched (cheap); the answer is still read
+    from the topic, so what is asserted is what a restart would find.
+    """
     deadline = time.monotonic() + timeout
     found: dict[str, Run] = {}
     while time.monotonic() < deadline:
+        if orchestrator is not None:
+            known = [r for rs in list(orchestrator.runs.values()) for r in list(rs.values())]
+            if sum(1 for r in known if r.status == state) < count:
+                time.sleep(0.05)
+                continue
         found = runs(spec)
         if sum(1 for r in found.values() if r.status == state) >= count:
             return found
