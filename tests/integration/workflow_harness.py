@@ -85,8 +85,17 @@ def cluster() -> Iterator[Cluster]:
 
 
 def workflow_spec(
-    tmp_path: Path, bootstrap: str, made: Cluster, prefix: str, steps: str, *, partitions: int = 2
+    tmp_path: Path,
+    bootstrap: str,
+    made: Cluster,
+    prefix: str,
+    steps: str,
+    *,
+    partitions: int = 2,
+    session_ms: int = 3000,
 ) -> PipelineSpec:
+    """``session_ms``: a Tansu group's first join takes about half of it; a killed member is
+    evicted after all of it."""
     text = f"""\
 kafka:
   bootstrap_servers: "{bootstrap}"
@@ -103,7 +112,7 @@ consumers:
     topic: {prefix}.events
     oscar: {{endpoint: "{made.oscar.endpoint}", service: calib, username: oscar, password: oscar123,
              job_id: deterministic, input_path: /data/in, timeout: 2s, connect_timeout: 2s}}
-    librdkafka: {{session.timeout.ms: '6000', heartbeat.interval.ms: '500'}}
+    librdkafka: {{session.timeout.ms: '{session_ms}', heartbeat.interval.ms: '300'}}
 workflows:
   - name: beam
     trigger: {{consumer: trig}}
