@@ -60,7 +60,7 @@ def test_kill_9_ten_times_mid_run_every_run_completes_with_no_duplicate_job(
         made.add("calib", lambda _job: [f"frame-{k}.h5" for k in range(ITEMS)], input_path="/data/in")
         for service in ("thumbs", "feat", "report"):
             made.add(service)
-        spec = workflow_spec(tmp_path, bootstrap, made, prefix, GRAPH)
+        spec = workflow_spec(tmp_path, bootstrap, made, prefix, GRAPH, session_ms=6000)
         config = tmp_path / f"{prefix}.yaml"
         log = tmp_path / "orchestrator.log"
         feeder = threading.Thread(

@@ -50,7 +50,7 @@ def test_fan_out_split_map_of_50_and_a_join_into_one_report(
         produce(bootstrap, f"{prefix}.events", [trigger, trigger])  # a redelivery starts no second run
         running = start(spec)
         try:
-            [run] = wait_runs(spec, 1, "succeeded").values()
+            [run] = wait_runs(spec, 1, "succeeded", orchestrator=running.runner).values()
         finally:
             running.halt()
         assert not running.errors
@@ -97,7 +97,7 @@ def test_a_failing_branch_is_retried_then_fails_the_run_and_runs_retry_resumes_i
         produce(bootstrap, f"{prefix}.events", [event(2, "/data/in/shot-2.raw")])
         running = start(spec)
         try:
-            [run] = wait_runs(spec, 1, "failed").values()
+            [run] = wait_runs(spec, 1, "failed", orchestrator=running.runner).values()
             thumbs = [j.name for j in made.jobs("thumbs")]
             assert thumbs == [step_job_name("thumbs", run.id, "thumbnails", "", n) for n in (1, 2)]
             assert run.failed_step == "thumbnails"
@@ -110,7 +110,7 @@ def test_a_failing_branch_is_retried_then_fails_the_run_and_runs_retry_resumes_i
             assert "error    thumbnails: job" in shown and "no decode delegate" in shown
             broken["on"] = False
             assert main(["runs", "retry", run.id, "-c", config]) == 0
-            [run] = wait_runs(spec, 1, "succeeded").values()
+            [run] = wait_runs(spec, 1, "succeeded", orchestrator=running.runner).values()
         finally:
             running.halt()
         assert run.retries == 1
@@ -139,7 +139,7 @@ def test_cancel_deletes_the_jobs_under_way_and_starts_nothing_more(
             [run] = runs(spec).values()
             config = str(tmp_path / f"{prefix}.yaml")
             assert main(["runs", "cancel", run.id, "-c", config]) == 0
-            [run] = wait_runs(spec, 1, "cancelled").values()
+            [run] = wait_runs(spec, 1, "cancelled", orchestrator=running.runner).values()
             wait_for(lambda: not made.jobs("calib"), 10)  # DELETE /system/logs/calib/<job>
             assert main(["runs", "cancel", run.id, "-c", config]) == 1  # already cancelled
         finally:
@@ -162,7 +162,7 @@ def test_a_new_orchestrator_resumes_a_run_and_follows_the_job_it_had_named(
     with cluster() as made:
         made.add("calib", input_path="/data/in")
         made.add("report")
-        made.duration = 2.0  # the job outlives the first orchestrator
+        made.duration = 1.5  # the job outlives the first orchestrator
         spec = workflow_spec(tmp_path, bootstrap, made, prefix, steps)
         produce(bootstrap, f"{prefix}.events", [event(4, "/data/in/shot-4.raw")])
         first = start(spec)
@@ -172,7 +172,7 @@ def test_a_new_orchestrator_resumes_a_run_and_follows_the_job_it_had_named(
             first.halt()
         second = start(spec)
         try:
-            [run] = wait_runs(spec, 1, "succeeded").values()
+            [run] = wait_runs(spec, 1, "succeeded", orchestrator=second.runner).values()
         finally:
             second.halt()
         assert not first.errors and not second.errors

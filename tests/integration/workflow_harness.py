@@ -85,8 +85,17 @@ def cluster() -> Iterator[Cluster]:
 
 
 def workflow_spec(
-    tmp_path: Path, bootstrap: str, made: Cluster, prefix: str, steps: str, *, partitions: int = 2
+    tmp_path: Path,
+    bootstrap: str,
+    made: Cluster,
+    prefix: str,
+    steps: str,
+    *,
+    partitions: int = 2,
+    session_ms: int = 3000,
 ) -> PipelineSpec:
+    """``session_ms``: a Tansu group's first join takes about half of it; a killed member is
+    evicted after all of it."""
     text = f"""\
 kafka:
   bootstrap_servers: "{bootstrap}"
@@ -103,7 +112,7 @@ consumers:
     topic: {prefix}.events
     oscar: {{endpoint: "{made.oscar.endpoint}", service: calib, username: oscar, password: oscar123,
              job_id: deterministic, input_path: /data/in, timeout: 2s, connect_timeout: 2s}}
-    librdkafka: {{session.timeout.ms: '6000', heartbeat.interval.ms: '500'}}
+    librdkafka: {{session.timeout.ms: '{session_ms}', heartbeat.interval.ms: '300'}}
 workflows:
   - name: beam
     trigger: {{consumer: trig}}
@@ -128,10 +137,26 @@ def runs(spec: PipelineSpec) -> dict[str, Run]:
     return read_runs(spec.kafka, runs_topic(spec.kafka, spec.workflows[0].name))
 
 
-def wait_runs(spec: PipelineSpec, count: int, state: str, timeout: float = 60) -> dict[str, Run]:
+def wait_runs(
+    spec: PipelineSpec,
+    count: int,
+    state: str,
+    timeout: float = 60,
+    orchestrator: Orchestrator | None = None,
+) -> dict[str, Run]:
+    """Wait for ``count`` runs in ``state``, then return the runs as the state topic has them.
+
+    With an in-process ``orchestrator`` its memory is watched (cheap); the answer is still read
+    from the topic, so what is asserted is what a restart would find.
+    """
     deadline = time.monotonic() + timeout
     found: dict[str, Run] = {}
     while time.monotonic() < deadline:
+        if orchestrator is not None:
+            known = [r for rs in list(orchestrator.runs.values()) for r in list(rs.values())]
+            if sum(1 for r in known if r.status == state) < count:
+                time.sleep(0.05)
+                continue
         found = runs(spec)
         if sum(1 for r in found.values() if r.status == state) >= count:
             return found
