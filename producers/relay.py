@@ -20,6 +20,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Final, Protocol
 
+from confluent_kafka import KafkaError, KafkaException
+
 from dcnios.codec import StorageEventCodec
 from dcnios.errors import DeliveryError
 from dcnios.kafka import LatchedProducer, OutHeaders, producer_config, truncated
@@ -108,11 +110,14 @@ class RelayRunner:
 
     def relay(self, batch: Sequence[Delivery]) -> None:
         """Write every delivery of ``batch``, wait for Kafka, then acknowledge them upstream."""
-        outcomes = [self._write(delivery) for delivery in batch]
         try:
+            outcomes = [self._write(delivery) for delivery in batch]
             self.producer.flush(self.flush_timeout)
-        except DeliveryError as exc:
-            self._delivery_errors.inc()
+        except BaseException as exc:
+            # Nothing of the batch is acknowledged upstream: it comes again (records already
+            # written then come twice, which the consumer's dedup drops).
+            if isinstance(exc, DeliveryError):
+                self._delivery_errors.inc()
             self._outcomes["released"].inc(len(batch))
             self.upstream.release(batch, str(exc))
             raise
@@ -135,7 +140,15 @@ class RelayRunner:
         for event in translation.events:
             topic = self.source.topic_for(event.path)
             value, headers = self.codec.encode(event, topic)
-            self.producer.produce(topic, value, key=event.key, headers=headers)
+            try:
+                self.producer.produce(topic, value, key=event.key, headers=headers)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                    raise
+                # Refused at once, and it would be refused on every redelivery: a record over
+                # the producer's message.max.bytes is bad input, not an outage.
+                self._report(delivery, f"its record of {len(value)} bytes is over message.max.bytes")
+                return "invalid"
             counter = self._records.get(topic)
             if counter is None:
                 counter = self._records[topic] = self.metrics.records.labels(self.source.name, topic)

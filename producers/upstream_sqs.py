@@ -9,6 +9,7 @@ visibility timeout ends. Either way S3's notification is delivered again, never 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -27,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 #: DeleteMessageBatch and ChangeMessageVisibilityBatch take at most ten entries.
 _BATCH: Final = 10
+#: The longest wait between two receive attempts while SQS fails (a stop waits for it too).
+_MAX_BACKOFF: Final = 5.0
 
 
 def sqs_client(spec: SqsSpec) -> Any:
@@ -52,6 +55,7 @@ class SqsUpstream:
         self.source = source
         self.description = f"sqs queue {spec.queue_url}"
         self._client = client
+        self._failures = 0
 
     def open(self) -> None:
         if self._client is None:
@@ -71,7 +75,19 @@ class SqsUpstream:
         }
         if self.spec.visibility_timeout is not None:
             kwargs["VisibilityTimeout"] = int(self.spec.visibility_timeout)
-        answer = self._call("receive_message", **kwargs)
+        try:
+            answer = self._call("receive_message", **kwargs)
+        except RemoteError as exc:
+            # SQS unreachable or failing once boto's own retries are spent: the messages wait
+            # there, so wait and ask again, instead of stopping every source of the process.
+            self._failures += 1
+            delay = min(_MAX_BACKOFF, 0.5 * 2 ** min(self._failures, 4))
+            logger.warning(
+                "source %s: cannot receive from SQS (%s); trying again in %.0fs", self.source, exc, delay
+            )
+            time.sleep(delay)
+            return []
+        self._failures = 0
         now = now_millis()
         return [
             Delivery(

@@ -21,6 +21,7 @@ free meanwhile (it only awaits the worker).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import threading
@@ -439,7 +440,7 @@ class Orchestrator:
             logger.error("%s: poison record %s[%d]@%d: %s", self.workflow.name, topic, p, offset, exc)
             self._spawn(self._dead_letter(msg, str(exc)))
             return
-        if not self.trigger.filter.accepts(event.path, event.mask):
+        if not self.trigger.filter.accepts(event.path, event.mask, event.event_name):
             self.tracker.done(topic, p, offset)
             return
         run_id = run_id_for(self.workflow.name, event.source, dedup_key(event))
@@ -453,7 +454,7 @@ class Orchestrator:
             "topic": topic,
             "partition": p,
             "offset": offset,
-            "event": event.to_avro(),
+            "event": _event_json(event),
         }
         run = new_run(self.graph, run_id, trigger, time.time())
         self.runs[p][run_id] = run
@@ -680,7 +681,18 @@ class Orchestrator:
             await asyncio.sleep(1.0)
 
 
+def _event_json(event: StorageEvent) -> dict[str, Any]:
+    """The event as the run state's JSON keeps it: an S3 or Rucio event's original notification
+    (bytes, what its native body is) as base64."""
+    raw = event.to_avro()
+    if raw.get("original") is not None:
+        raw["original"] = base64.b64encode(raw["original"]).decode("ascii")
+    return raw
+
+
 def _trigger_event(run: Run) -> StorageEvent:
     raw = dict(run.trigger["event"])
     raw["mask"] = tuple(raw.get("mask") or ())
+    if isinstance(raw.get("original"), str):
+        raw["original"] = base64.b64decode(raw["original"])
     return StorageEvent(**raw)

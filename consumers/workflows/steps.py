@@ -19,7 +19,7 @@ from dcnios.consumers.driver import RecordDriver
 from dcnios.consumers.jobs import JobWatch
 from dcnios.consumers.oscar import OscarInvoker
 from dcnios.consumers.ratelimit import RateLimiter
-from dcnios.consumers.record import DeadLetter, Prepared, RecordPolicy
+from dcnios.consumers.record import DeadLetter, Prepared, RecordPolicy, input_path_for
 from dcnios.consumers.workflows.state import Item, Run
 from dcnios.errors import OscarError
 from dcnios.spec import ConsumerSpec, RetrySpec, StepSpec, WorkflowSpec
@@ -118,9 +118,9 @@ class StepRuntime:
         self.cs = cs
         self.service = service
         self.output_path = spec.output_path or service.output_path()
-        input_path = None
-        if start and cs.payload == "dcache":
-            input_path = service.invoker.input_path()
+        # The start step sends the triggering event as the trigger consumer would (its payload,
+        # native by default): a dCache event needs the service's webdav.dcache input path.
+        input_path = input_path_for(cs, service.invoker.input_path) if start else None
         self.policy = StepPolicy(cs, input_path=input_path, tracking=True)
         self.calls = OscarCalls(service.invoker, concurrency=cs.concurrency)
         self.driver = RecordDriver(

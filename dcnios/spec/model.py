@@ -402,7 +402,7 @@ class WebhookSpec:
     )
     max_body: int = spec_field(
         1 << 20,
-        doc="largest body in bytes; a longer one is answered 413 and its head goes to <topic>.invalid",
+        doc="largest body in bytes; a longer one is answered 200 and its head goes to <topic>.invalid",
         check=_frame_size,
     )
     ack_timeout: Duration = spec_field(

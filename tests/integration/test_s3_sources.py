@@ -30,6 +30,7 @@ from dcnios.producers.relay import RelayRunner
 from dcnios.producers.s3_notifications import translate
 from dcnios.producers.sources import runner_for
 from dcnios.producers.upstream import Delivery, Events
+from dcnios.producers.upstream_sqs import SqsUpstream
 from dcnios.sandbox.oscar import OscarEmulator
 from dcnios.spec import PipelineSpec, load_spec
 from dcnios.status import pipeline_status
@@ -184,6 +185,33 @@ def test_webhook_answers_only_after_kafka_acknowledged(
     assert reasons[1].startswith("no Records[]") or reasons[1].startswith("not a JSON object")
 
 
+def test_a_notification_too_large_for_a_kafka_record_goes_to_invalid(
+    bootstrap: str, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    # librdkafka refuses a record over message.max.bytes (1,000,000) at produce(), at once; that
+    # used to escape the relay unreleased and stop the source, on every redelivery.
+    prefix = unique("hook-big")
+    port = free_port()
+    source = f"    format: minio\n    webhook: {{port: {port}, max_body: 2097152}}"
+    spec = s3_spec(tmp_path, bootstrap, prefix, source)
+    doc = json.loads(minio_body("oscar", "in/big.dat"))
+    doc["Records"][0]["s3"]["object"]["userMetadata"] = {"x-amz-meta-pad": "p" * 1_100_000}
+    big = json.dumps(doc).encode()
+    running = relay(spec)
+    try:
+        answer = requests.post(f"http://127.0.0.1:{port}/", data=big, timeout=30)
+        assert answer.status_code == 200
+        small = requests.post(f"http://127.0.0.1:{port}/", data=minio_body("oscar", "in/ok.dat"), timeout=30)
+        assert small.status_code == 200  # the source is still relaying
+    finally:
+        running.halt()
+    assert not running.errors
+    (report,) = read_topic(bootstrap, f"{prefix}.events.invalid", lambda r: len(r) >= 1)
+    assert "message.max.bytes" in report[1]["dcnios-reason"].decode()
+    (event,) = events_of(read_topic(bootstrap, f"{prefix}.events", lambda r: len(r) >= 1, timeout=5))
+    assert event.object_key == "in/ok.dat"
+
+
 def test_webhook_answers_503_when_kafka_does_not_acknowledge(
     tmp_path: Path, unique: Callable[[str], str]
 ) -> None:
@@ -242,6 +270,24 @@ def queue_depth(aws: dict[str, Any]) -> int:
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
     )["Attributes"]
     return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+def test_an_sqs_receive_that_fails_is_tried_again_instead_of_stopping_the_source(
+    bootstrap: str, tmp_path: Path, unique: Callable[[str], str], aws: dict[str, Any]
+) -> None:
+    # A failing ReceiveMessage (here moto's real answer for a queue that is gone) used to escape
+    # the relay as RemoteError, and dcnios-producer then stopped every source it ran.
+    gone = aws["queue"].rsplit("/", 1)[0] + "/" + unique("gone")
+    source = (
+        "    format: aws\n"
+        f"    sqs: {{queue_url: '{gone}', endpoint: '{aws['endpoint']}', region: us-east-1,"
+        " access_key_id: testing, secret_access_key: testing, wait_time: 1s}"
+    )
+    spec = s3_spec(tmp_path, bootstrap, unique("aws-gone"), source)
+    upstream = SqsUpstream(spec.sources[0].sqs, "s3in")  # type: ignore[union-attr]
+    upstream.open()
+    assert upstream.receive(1.0) == []
+    assert upstream.receive(1.0) == []  # and again, after a longer wait
 
 
 def test_sqs_source_relays_real_bucket_notifications(

@@ -97,3 +97,32 @@ def test_job_names_are_dns_labels_and_outputs_are_found_by_their_job_prefix() ->
     assert len(name) <= 63 and name.replace("-", "").isalnum() and name == name.lower()
     found = item_outputs("job-1", [("/o/job-1_a", "job-1_a"), ("/o/job-12_b", "job-12_b"), ("/o/x", "x")])
     assert found == [{"path": "/o/job-1_a", "name": "a"}]
+
+
+def test_an_s3_trigger_keeps_its_original_notification_in_the_run_state() -> None:
+    # The run state is JSON: the original bytes of an S3 or Rucio event used to fail it
+    # (TypeError: bytes is not JSON serializable), which stopped the orchestrator for good.
+    import json
+    from types import SimpleNamespace
+
+    from dcnios.consumers.workflows.scheduler import _event_json, _trigger_event
+    from dcnios.storage_event import StorageEvent
+
+    original = b'{"Records":[{"eventSource":"minio:s3"}]}\xff'
+    event = StorageEvent(
+        source="s3",
+        path="bucket/in/a.h5",
+        name="a.h5",
+        mask=(),
+        cookie=None,
+        is_dir=False,
+        channel="s3",
+        event_id=None,
+        subscription="",
+        observed_at=1,
+        kind="s3",
+        original=original,
+    )
+    stored = json.loads(json.dumps({"event": _event_json(event)}))
+    again = _trigger_event(SimpleNamespace(trigger=stored))  # type: ignore[arg-type]
+    assert again == event
