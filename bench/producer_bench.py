@@ -46,14 +46,14 @@ class _TimedRunner(SourceRunner):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        acked = self.outbox._acked  # noqa: SLF001  # timing the ack is the point of this runner
+        acked = self.outbox._events_acked  # noqa: SLF001  # timing the ack is the point of this runner
 
-        def timed(token: Any, msg: Any) -> None:
-            acked(token, msg)
-            if token[1] == self.source.topic:
-                self.latencies.append((now_millis() - token[2]) / 1000)
+        def timed(count: int, observed_ms: int) -> None:
+            acked(count, observed_ms)
+            # The event records of one chunk share their frames' read time and their ack.
+            self.latencies.extend([(now_millis() - observed_ms) / 1000] * count)
 
-        self.outbox._acked = timed  # type: ignore[method-assign]  # noqa: SLF001
+        self.outbox._events_acked = timed  # type: ignore[method-assign]  # noqa: SLF001
 
 
 def _run(runner: SourceRunner) -> threading.Thread:

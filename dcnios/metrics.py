@@ -131,7 +131,8 @@ class ProducerMetrics:
         )
         self.ack_latency = Histogram(
             "dcnios_producer_event_ack_seconds",
-            "SSE frame read (or upstream message received) -> record acknowledged",
+            "SSE frame read (or upstream message received) -> its records acknowledged, observed once per "
+            "network chunk of frames (per record for relayed sources)",
             ["source"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,

@@ -22,12 +22,20 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
 
-from dcnios.kafka import LatchedProducer, read_compacted
+from dcnios.kafka import DeliveryReport, LatchedProducer, read_compacted
 from dcnios.producers.dcache_api import Child
 from dcnios.producers.records import join_path
 from dcnios.spec import KafkaSpec
 
-__all__ = ["CLOCK_SKEW_MS", "IndexRecord", "IndexWriter", "PublishedIndex", "Verdict", "split_path"]
+__all__ = [
+    "CLOCK_SKEW_MS",
+    "IndexRecord",
+    "IndexWrite",
+    "IndexWriter",
+    "PublishedIndex",
+    "Verdict",
+    "split_path",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +99,8 @@ class PublishedIndex:
             " size INTEGER, mtime INTEGER, PRIMARY KEY (dir, name)) WITHOUT ROWID"
         )
         self._db.execute("CREATE TEMP TABLE listed (name TEXT PRIMARY KEY) WITHOUT ROWID")
+        #: Rows put and not yet written (see ``flush``).
+        self._puts: list[tuple[Any, ...]] = []
         #: Our clock when the newest listing page was requested: a live event read before it
         #: may already be covered by what that listing published.
         self.last_listing_ms = 0
@@ -100,6 +110,7 @@ class PublishedIndex:
         self._db.close()
 
     def __len__(self) -> int:
+        self.flush()
         return int(self._db.execute("SELECT count(*) FROM files").fetchone()[0])
 
     # -- loading ---------------------------------------------------------------------------
@@ -175,6 +186,7 @@ class PublishedIndex:
 
     def compare(self, directory: str, children: Sequence[Child]) -> list[tuple[Child, Verdict]]:
         """The verdict for each file of one listing page (directories are the caller's)."""
+        self.flush()
         files = [c for c in children if not c.is_dir]
         known: dict[str, _Row] = {}
         for start in range(0, len(files), _IN_CHUNK):
@@ -187,6 +199,7 @@ class PublishedIndex:
         return [(c, _verdict(known.get(c.name), c)) for c in files]
 
     def _row(self, directory: str, name: str) -> _Row | None:
+        self.flush()
         found = self._db.execute(
             f"SELECT {_COLUMNS} FROM files WHERE dir=? AND name=?",  # noqa: S608
             (directory, name),
@@ -255,6 +268,7 @@ class PublishedIndex:
         Only files published before the listing started: one published live while it ran may
         have been written after its page was read, and is not gone.
         """
+        self.flush()
         gone = list(
             self._db.execute(
                 "SELECT dir, name FROM files WHERE dir=? AND t < ? AND name NOT IN (SELECT name FROM listed)",
@@ -265,14 +279,22 @@ class PublishedIndex:
         return self._forget(gone)
 
     def _put(self, directory: str, name: str, row: _Row) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?)",
-            (directory, name, row.published_ms, int(row.listed), row.pnfsid, row.size, row.mtime),
+        self._puts.append(
+            (directory, name, row.published_ms, int(row.listed), row.pnfsid, row.size, row.mtime)
         )
+
+    def flush(self) -> None:
+        """Write the rows put since the last flush, in one statement. Every query flushes first,
+        so none ever misses a row; the run loop flushes once per chunk (a single-row INSERT per
+        published file was 13 % of the producer's CPU)."""
+        if self._puts:
+            self._db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?)", self._puts)
+            self._puts.clear()
 
     def _forget(self, gone: Iterable[tuple[str, str]]) -> list[IndexRecord]:
         out: list[IndexRecord] = []
         rows = list(gone)
+        self.flush()  # a delete must not be overtaken by an earlier put of the same path
         self._db.executemany("DELETE FROM files WHERE dir=? AND name=?", rows)
         for directory, name in rows:
             out.append((join_path(directory, name).encode("utf-8", "surrogateescape"), None))
@@ -292,10 +314,10 @@ def _verdict(row: _Row | None, child: Child) -> Verdict:
 
 
 @dataclass(slots=True)
-class _Write:
+class IndexWrite:
     key: bytes
     value: bytes | None
-    token: Any
+    delivered: DeliveryReport | None
     ready: bool
 
 
@@ -308,25 +330,22 @@ class IndexWriter:
     turn, so a path's records never overtake one another.
     """
 
-    def __init__(self, producer: LatchedProducer, topic: str, on_delivery: Any) -> None:
+    def __init__(self, producer: LatchedProducer, topic: str) -> None:
         self.producer = producer
         self.topic = topic
-        self.on_delivery = on_delivery
-        self._queue: deque[_Write] = deque()
+        self._queue: deque[IndexWrite] = deque()
 
-    def after_ack(self, record: IndexRecord, token: Any) -> _Write:
-        write = _Write(record[0], record[1], token, False)
+    def after_ack(self, record: IndexRecord, delivered: DeliveryReport | None) -> IndexWrite:
+        write = IndexWrite(record[0], record[1], delivered, False)
         self._queue.append(write)
         return write
 
-    def now(self, record: IndexRecord, token: Any) -> None:
-        self._queue.append(_Write(record[0], record[1], token, True))
+    def now(self, record: IndexRecord, delivered: DeliveryReport | None) -> None:
+        self._queue.append(IndexWrite(record[0], record[1], delivered, True))
         self.drain()
 
     def drain(self) -> None:
         queue = self._queue
         while queue and queue[0].ready:
             write = queue.popleft()
-            self.producer.produce(
-                self.topic, write.value, key=write.key, on_delivery=self.on_delivery, token=write.token
-            )
+            self.producer.produce(self.topic, write.value, key=write.key, delivered=write.delivered)

@@ -132,6 +132,8 @@ class SourceRunner:
         self.last_observed_ms = 0
         self._frame_counters: dict[bytes | None, Any] = {}
         self._mask_counters: dict[str, Any] = {}
+        #: Events per mask in the chunk being handled, counted into the metric once per chunk.
+        self._batch_masks: dict[str, int] = {}
         self._last_event_gauge = self.metrics.last_event_id.labels(source.name)
         self._announced: set[str] = set()
         self._saved: tuple[object, ...] | None = None
@@ -174,8 +176,7 @@ class SourceRunner:
                 # While a gap is being repaired, do not wait for frames: list the next page.
                 item = self.stream.next(0.0 if self.reconciler.ready else 0.1)
                 if isinstance(item, Batch):
-                    for frame in item.frames:
-                        self._handle(frame, item.observed_ms)
+                    self._handle_batch(item)
                     backoff = float(self.source.reconnect_backoff)
                 elif isinstance(item, Ended):
                     backoff = self._reconnect(item.cause, backoff)
@@ -349,8 +350,7 @@ class SourceRunner:
                 self.stream.hold(item)
                 break
             if isinstance(item, Batch):
-                for frame in item.frames:
-                    self._handle(frame, item.observed_ms)
+                self._handle_batch(item)
             self._tick()  # acks, index records and checkpoints go on while we wait
         return [self.watches[u] for u in created if u not in self._announced and u in self.watches]
 
@@ -406,13 +406,35 @@ class SourceRunner:
         self.stream.open(self.channel_url, last, silence=self.watch_set.silence)
 
     # -- frames ----------------------------------------------------------------------------
-    def _handle(self, item: Frame | Oversized, observed: int) -> None:
+    def _handle_batch(self, batch: Batch) -> None:
+        """The frames of one network chunk share one progress slot, queued after every gap they
+        open: the checkpoint passes the chunk once all of it is acknowledged and repaired, which
+        for the frames before a gap-opening one is later than it could be, never earlier."""
+        observed = batch.observed_ms
+        slot = self.progress.slot(None, observed)
+        kinds: dict[bytes | None, int] = {}
+        for item in batch.frames:
+            event = item.head.event if isinstance(item, Oversized) else item.event
+            kinds[event] = kinds.get(event, 0) + 1
+            self._handle(item, observed, slot)
+        self.progress.append(slot)
+        if slot.event_id is not None:
+            self._last_event_gauge.set(slot.event_id)
+        for event, count in kinds.items():
+            counter = self._frame_counters.get(event)
+            if counter is None:
+                kind = (event or b"?").decode("utf-8", "replace")[:40]
+                counter = self._frame_counters[event] = self.metrics.frames.labels(self.source.name, kind)
+            counter.inc(count)
+        for mask, count in self._batch_masks.items():
+            counter = self._mask_counters.get(mask)
+            if counter is None:
+                counter = self._mask_counters[mask] = self.metrics.events.labels(self.source.name, mask)
+            counter.inc(count)
+        self._batch_masks.clear()
+
+    def _handle(self, item: Frame | Oversized, observed: int, slot: Slot) -> None:
         frame = item.head if isinstance(item, Oversized) else item
-        counter = self._frame_counters.get(frame.event)
-        if counter is None:
-            kind = (frame.event or b"?").decode("utf-8", "replace")[:40]
-            counter = self._frame_counters[frame.event] = self.metrics.frames.labels(self.source.name, kind)
-        counter.inc()
         if isinstance(item, Oversized):
             meaning = oversized(item, self.stream.max_frame)
         else:
@@ -425,9 +447,7 @@ class SourceRunner:
             )
         event_id = meaning.event_id
         if event_id is not None:
-            self.last_received = event_id
-            self._last_event_gauge.set(event_id)
-        slot = self.progress.slot(event_id, observed)
+            self.last_received = slot.event_id = event_id
         for outcome in meaning.outcomes:
             match outcome:
                 case Publish(event):
@@ -448,15 +468,11 @@ class SourceRunner:
                     self.reconciler.open("IN_Q_OVERFLOW", [path], observed)
                 case Tick() | Skip():
                     pass
-        # Queued after any gap the frame opened: the checkpoint must not pass the frame first.
-        self.progress.append(slot)
 
     def _publish(self, event: StorageEvent, slot: Slot, observed: int) -> None:
+        masks = self._batch_masks
         for mask in event.mask:
-            counter = self._mask_counters.get(mask)
-            if counter is None:
-                counter = self._mask_counters[mask] = self.metrics.events.labels(self.source.name, mask)
-            counter.inc()
+            masks[mask] = masks.get(mask, 0) + 1
         if (
             self.index is not None
             and not event.is_dir

@@ -166,7 +166,7 @@ class _Recorder:
 
 def test_index_records_wait_for_their_files_ack_and_keep_their_order() -> None:
     recorder = _Recorder()
-    writer = IndexWriter(recorder, "p", None)  # type: ignore[arg-type]
+    writer = IndexWriter(recorder, "p")  # type: ignore[arg-type]
     published = writer.after_ack((b"/d/f", b"{}"), None)
     writer.now((b"/d/f", None), None)  # the file left right after
     assert recorder.produced == []  # the tombstone must not overtake the publication
