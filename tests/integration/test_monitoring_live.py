@@ -48,6 +48,10 @@ METRIC = re.compile(r"\b(dcnios_[a-z0-9_]+|up)\b(?!\s*\()")
 _NO_WORKFLOW = "this pipeline runs no workflow orchestrator (test_workflows.py checks these metrics)"
 NOT_PRODUCED = {
     "dcnios_producer_delivery_errors_total": "needs a broker that refuses acknowledged writes",
+    "dcnios_producer_upstream_messages_total": (
+        "this pipeline's source is dCache, not a relayed one (test_rucio_source.py and "
+        "test_s3_sources.py check this metric)"
+    ),
     **dict.fromkeys(
         (
             "dcnios_workflow_runs",
