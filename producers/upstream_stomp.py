@@ -19,6 +19,7 @@ import logging
 import queue
 import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -231,6 +232,18 @@ class StompUpstream:
                 messages.append(self._queue.get_nowait())
             except queue.Empty:
                 break
+        # MESSAGE frames can come on a new connection before its SUBSCRIBE receipt made it the
+        # live one: wait for that (bounded), or they would be dropped here unacknowledged and hold
+        # a prefetch slot until the connection ends.
+        newest = self._generation
+        deadline = time.monotonic() + _CONNECT_TIMEOUT
+        while (
+            any(m.connection == newest for m in messages)
+            and self._live != newest
+            and self._generation == newest
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
         live = self._live
         # A message of a lost connection is the broker's again; it comes back on the new one.
         return [self._delivery(m) for m in messages if m.connection == live]
