@@ -226,18 +226,14 @@ class RecordReader:
         topic, partition, offset = msg.topic() or self.cs.topic, msg.partition() or 0, msg.offset() or 0
         key = msg.key()
         kind, written_ms = msg.timestamp()
-        return StorageEvent(
+        return StorageEvent.notification(
+            kind=KIND_RAW,
             source=topic,
             path=key.decode("utf-8", "replace") if key else f"{topic}[{partition}]@{offset}",
             name=None,
-            mask=(),
-            cookie=None,
-            is_dir=False,
             channel=f"{topic}[{partition}]",
-            event_id=offset,
-            subscription="",
             observed_at=written_ms if kind != 0 else now_millis(),
-            kind=KIND_RAW,
+            event_id=offset,
             original=value,
         )
 

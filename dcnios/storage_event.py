@@ -99,6 +99,36 @@ class StorageEvent:
             or self.rse is not None
         )
 
+    @classmethod
+    def notification(
+        cls,
+        *,
+        kind: str,
+        source: str,
+        path: str,
+        name: str | None,
+        channel: str,
+        observed_at: int,
+        event_id: int | None = None,
+        **fields: Any,
+    ) -> StorageEvent:
+        """An event that is not a dCache inotify frame (S3, Rucio, a raw record): no mask, cookie,
+        directory flag or subscription; ``fields`` are the v2 fields of its kind."""
+        return cls(
+            source=source,
+            path=path,
+            name=name,
+            mask=(),
+            cookie=None,
+            is_dir=False,
+            channel=channel,
+            event_id=event_id,
+            subscription="",
+            observed_at=observed_at,
+            kind=kind,
+            **fields,
+        )
+
     def to_avro(self) -> dict[str, Any]:
         # Written out rather than dataclasses.asdict(): asdict deep-copies, and this is the hot path.
         return {

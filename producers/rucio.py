@@ -109,18 +109,13 @@ def translate(
         return Skipped("rse not selected")
     return Events(
         (
-            StorageEvent(
+            StorageEvent.notification(
+                kind=KIND_RUCIO,
                 source=source,
                 path=f"{scope}:{name}",
                 name=name,
-                mask=(),
-                cookie=None,
-                is_dir=False,
                 channel=channel,
-                event_id=None,
-                subscription="",
                 observed_at=delivery.received_ms,
-                kind=KIND_RUCIO,
                 event_name=event_type,
                 scope=scope,
                 did_name=name,

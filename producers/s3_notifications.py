@@ -156,18 +156,13 @@ def _event(
         original = delivery.body
     else:
         original = json.dumps({**doc, "Records": [record]}, ensure_ascii=False).encode()
-    return StorageEvent(
+    return StorageEvent.notification(
+        kind=KIND_S3,
         source=source,
         path=f"{bucket}/{key}",
         name=key.rpartition("/")[2],
-        mask=(),
-        cookie=None,
-        is_dir=False,
         channel=fmt,
-        event_id=None,
-        subscription="",
         observed_at=delivery.received_ms,
-        kind=KIND_S3,
         event_name=event_name,
         bucket=bucket,
         object_key=key,
